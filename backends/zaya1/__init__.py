@@ -1,0 +1,1 @@
+"""The embedded ZAYA1 model and engine."""

@@ -1,0 +1,1 @@
+"""Math problems: loading, answer extraction, grading, metrics, synthetic sets."""

@@ -49,6 +49,7 @@ __all__ = [
     "InvalidRequest",
     "ScriptedBackend",
     "build_trace",
+    "default_backend",
     "split_think",
     *_LAZY,
 ]
@@ -64,3 +65,12 @@ def __getattr__(name: str) -> Any:
             raise
         return getattr(module, name)
     raise AttributeError(f"module 'rsa.backends' has no attribute {name!r}")
+
+
+def default_backend() -> Backend:
+    """The embedded default model's backend (used by `rsa.solve` when no backend is given)."""
+    raise BackendUnavailable(
+        "no embedded default model is available yet; pass a backend: "
+        "rsa.solve(problem, backend='http://host:port/v1') for an OpenAI-compatible server "
+        "(vLLM), or a Backend object such as rsa.backends.ScriptedBackend(...)"
+    )

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-try:  # controller modules are being written; keep subpackages importable meanwhile
-    from .config import RSAConfig
-    from .results import Candidate, SolveResult, Stage
-    from .events import CandidateFinished, Done, RSAEvent, StageFinished, StageStarted
-    from .api import asolve, solve, stream
-except ModuleNotFoundError:
-    pass
+from .config import PRESETS, RSAConfig
+from .results import Candidate, RSAError, SolveResult, Stage, StageFailedError
+from .events import CandidateFinished, Done, RSAEvent, StageFinished, StageStarted
+from .api import asolve, solve, stream
 
 __all__ = [
     "Candidate",
     "CandidateFinished",
+    "PRESETS",
+    "RSAError",
+    "StageFailedError",
     "Done",
     "RSAConfig",
     "RSAEvent",

@@ -6,25 +6,18 @@ owns the extraction rules and the (timeout-guarded) math-verify equivalence.
 
 from __future__ import annotations
 
-try:
-    from rsa.problems import cluster_answers, extract_answer
-except ImportError:  # TEMP until rsa.problems lands
-    import re
-
-    def extract_answer(text):
-        m = re.findall(r"\\boxed\{([^{}]*)\}", text)
-        return m[-1].strip() if m else None
-
-    async def cluster_answers(answers):
-        seen = {}
-        return [None if a is None else seen.setdefault(a, len(seen)) for a in answers]
+from rsa.problems import cluster_answers, extract_answer
 
 __all__ = ["cluster", "extract"]
 
 
+# A rollout cut by max_tokens is full of intermediate numbers: no "last number" guess for votes.
+VOTE_FALLBACKS = ("answer_phrase",)
+
+
 def extract(text: str) -> str | None:
-    """The final answer of a rollout: the last `\\boxed{}` (see `rsa.problems.extract_answer`)."""
-    return extract_answer(text)
+    """The final answer of a rollout: the last `\\boxed{}`, else an "answer is ..." phrase."""
+    return extract_answer(text, fallbacks=VOTE_FALLBACKS)
 
 
 async def cluster(answers: list[str | None]) -> list[int | None]:

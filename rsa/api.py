@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import random
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from rsa.backends.base import Backend
@@ -86,15 +86,16 @@ def resolve_backend(backend: BackendSpec) -> tuple[Backend, bool]:
 
 
 async def asolve(problem: Any, *, backend: BackendSpec = None, config: RSAConfig | dict | str | None = None,
-                 _emit: Any = None, **overrides: Any) -> SolveResult:
-    """Solve one problem with Markovian RSA. Raises `rsa.results.StageFailedError` (with the
-    partial result) when every rollout of a stage failed. Cancelling it cancels every rollout."""
+                 on_event: Callable[[RSAEvent], None] | None = None, **overrides: Any) -> SolveResult:
+    """Solve one problem with Markovian RSA. Raises `rsa.StageFailedError` (with the partial
+    result) when every rollout of a stage failed. Cancelling it cancels every rollout.
+    `on_event` is called (synchronously, on the event loop) with each progress event."""
     cfg = make_config(config, **overrides)
     text, pid = _problem_fields(problem)
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
     client, owned = resolve_backend(backend)
     try:
-        return await run_markovian_rsa(text, pid, client, cfg, seed=seed, emit=_emit)
+        return await run_markovian_rsa(text, pid, client, cfg, seed=seed, emit=on_event)
     finally:
         if owned:
             await client.aclose()
@@ -130,7 +131,7 @@ async def stream(problem: Any, *, backend: BackendSpec = None, config: RSAConfig
     """Solve while yielding typed events; the last one is `Done(result=...)`. Leaving the
     loop early (break, aclose, cancellation) cancels the solve."""
     queue: asyncio.Queue[RSAEvent | BaseException] = asyncio.Queue()
-    task = asyncio.ensure_future(asolve(problem, backend=backend, config=config, _emit=queue.put_nowait,
+    task = asyncio.ensure_future(asolve(problem, backend=backend, config=config, on_event=queue.put_nowait,
                                         **overrides))
     task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or queue.put_nowait(t.exception()))
     try:

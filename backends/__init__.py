@@ -30,6 +30,8 @@ from .scripted import ScriptedBackend
 # name -> module that defines it, imported on first use
 _LAZY = {
     "OpenAIBackend": ".openai",
+    "RequestRejected": ".openai",
+    "backend_from_url": ".openai",
     "EngineBackend": ".engine_backend",
     "TransformersBackend": ".transformers_backend",
 }

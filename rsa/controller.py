@@ -196,6 +196,7 @@ class _Solve:
         tasks = [asyncio.ensure_future(self._slot(t, i)) for t in range(self.cfg.rounds + 1) for i in range(n)]
         tasks += [asyncio.ensure_future(self._close_stage(t)) for t in range(self.cfg.rounds + 1)]
         work = asyncio.gather(*tasks)
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved" log when cancelled
         halt = asyncio.ensure_future(self.stop.wait())
         dead: _StageDead | None = None
         try:

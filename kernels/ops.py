@@ -1,0 +1,82 @@
+"""The one dispatch point for the ZAYA1 engine's kernel ops.
+
+The model calls `ops.<name>(...)` and never branches on the implementation. The backend is chosen
+once, at import: "triton" when CUDA and the Triton kernels are available, otherwise "torch" (the
+plain-PyTorch twins in `*_ref.py`). `set_backend("torch" | "triton")` is the one override hook
+(tests, benchmarks). A Triton module may implement a subset; missing ops fall back to the twin.
+
+Ops (shapes in each twin's docstring; T flat tokens, B sequences, H hidden, Hq/KV heads, D head dim):
+    cca_epilogue(qk, v_cur, v_del, cos, sin, dw_weight, dw_bias, g_weight, g_bias, temp,
+                 conv_state, value_state, cu_seqlens, state_slots, fresh) -> (q, k, v)   [cca_ref]
+    store_kv(k, v, k_cache, v_cache, slot_mapping) -> None                             [attention_ref]
+    attention_prefill(q, k, v, k_cache, v_cache, cu_seqlens, seq_lens, block_tables,
+                      max_query_len, max_seq_len, scale) -> o (T, Hq, D)               [attention_ref]
+    attention_decode(same arguments, one query per sequence) -> o (B, Hq, D)           [attention_ref]
+    moe_experts(hidden, expert_ids, gate, gate_up_proj, down_proj) -> (T, H)            [moe_ref]
+    rmsnorm(x, weight, eps) -> (T, N)                                                   [rmsnorm_ref]
+    merge_rmsnorm(branch, residual, hs_scale, hs_bias, res_scale, res_bias, weight, eps)
+                  -> (residual fp32, normed)                                            [rmsnorm_ref]
+    lm_head(hidden, weight) -> logits (N, V) fp32                                       [logits_ref]
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from types import ModuleType
+
+import torch
+
+from . import attention_ref, cca_ref, logits_ref, moe_ref, rmsnorm_ref
+
+OP_NAMES = ("cca_epilogue", "store_kv", "attention_prefill", "attention_decode", "moe_experts",
+            "rmsnorm", "merge_rmsnorm", "lm_head")
+_TWINS: dict[str, ModuleType] = {
+    "cca_epilogue": cca_ref, "store_kv": attention_ref, "attention_prefill": attention_ref,
+    "attention_decode": attention_ref, "moe_experts": moe_ref, "rmsnorm": rmsnorm_ref,
+    "merge_rmsnorm": rmsnorm_ref, "lm_head": logits_ref,
+}
+# module holding the Triton implementations (a later issue); imported only when selected
+TRITON_MODULE = "rsa.kernels.triton_ops"
+
+# rebound by set_backend; the twins until then
+cca_epilogue = cca_ref.cca_epilogue
+store_kv = attention_ref.store_kv
+attention_prefill = attention_ref.attention_prefill
+attention_decode = attention_ref.attention_decode
+moe_experts = moe_ref.moe_experts
+rmsnorm = rmsnorm_ref.rmsnorm
+merge_rmsnorm = rmsnorm_ref.merge_rmsnorm
+lm_head = logits_ref.lm_head
+_backend = "torch"
+
+
+def _triton_module() -> ModuleType | None:
+    if importlib.util.find_spec("triton") is None:
+        return None
+    try:
+        return importlib.import_module(TRITON_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name == TRITON_MODULE:
+            return None
+        raise
+
+
+def set_backend(name: str) -> None:
+    """Select the implementation of every op: "torch" (the twins) or "triton"."""
+    global _backend
+    if name not in ("torch", "triton"):
+        raise ValueError(f"kernel backend must be 'torch' or 'triton', got {name!r}")
+    impl = _triton_module() if name == "triton" else None
+    if name == "triton" and impl is None:
+        raise ValueError(f"kernel backend 'triton' is unavailable (needs triton and {TRITON_MODULE})")
+    for op in OP_NAMES:
+        globals()[op] = getattr(impl, op, None) or getattr(_TWINS[op], op)
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+set_backend("triton" if torch.cuda.is_available() and _triton_module() is not None else "torch")

@@ -386,6 +386,65 @@ def report(
         err_console.print("no stages.png: install matplotlib (pip install 'markovian-rsa[plot]')", markup=False)
 
 
+# -- rsa serve / rsa mcp ----------------------------------------------------------------------
+def server_defaults(config: RSAConfig) -> Optional[RSAConfig]:
+    """None when no config flag was given, so the servers keep their own per-effort defaults."""
+    return None if config == RSAConfig() else config
+
+
+@app.command()
+@config_options
+def serve(
+    backend: BackendOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind (loopback unless told otherwise)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8020,
+    api_key: Annotated[Optional[str], typer.Option(envvar="RSA_API_KEY", help="require this Bearer key")] = None,
+    upstream_api_key: Annotated[Optional[str], typer.Option(envvar="RSA_UPSTREAM_API_KEY",
+                                                            help="key sent to http(s) upstreams")] = None,
+    max_rollouts: Annotated[Optional[int], typer.Option(min=1, help="refuse requests needing more rollouts")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    config: Optional[RSAConfig] = None,
+) -> None:
+    """OpenAI-compatible proxy: model `rsa` runs Markovian RSA, other models pass through."""
+    try:
+        from .proxy import serve_proxy
+    except ImportError as exc:
+        raise fail(str(exc), 2) from None
+    try:
+        serve_proxy(backend or ["engine"], host=host, port=port, api_key=api_key, upstream_api_key=upstream_api_key,
+                    config=server_defaults(config), max_rollouts=max_rollouts, log_level=log_level)
+    except BackendSpecError as exc:
+        raise fail(str(exc), 2) from None
+
+
+class McpTransport(str, Enum):
+    stdio = "stdio"
+    http = "http"
+
+
+@app.command()
+@config_options
+def mcp(
+    backend: BackendOpt = None,
+    transport: Annotated[McpTransport, typer.Option(help="stdio, or streamable HTTP")] = McpTransport.stdio,
+    host: Annotated[str, typer.Option(help="address to bind (http transport)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (http transport)")] = 8021,
+    path: Annotated[str, typer.Option(help="endpoint path (http transport)")] = "/mcp",
+    max_deadline: Annotated[Optional[float], typer.Option(help="cap on every solve's wall-clock seconds")] = None,
+    config: Optional[RSAConfig] = None,
+) -> None:
+    """MCP tool server with a `solve_math` tool (stdio prints nothing but the protocol)."""
+    try:
+        from .mcp_server import run_mcp
+    except ImportError as exc:
+        raise fail(str(exc), 2) from None
+    try:
+        run_mcp(backend or ["engine"], transport=transport.value, host=host, port=port,
+                config=server_defaults(config), max_deadline_s=max_deadline, path=path)
+    except BackendSpecError as exc:
+        raise fail(str(exc), 2) from None
+
+
 def main() -> None:
     app()
 

@@ -161,3 +161,60 @@ class ContiguousCache:
             raise ValueError(f"slots must be distinct and in [0, {self.max_seqs}), got {list(slots)}")
         return ForwardContext.build(query_lens, context_lens, slots, [[s] for s in slots],
                                     cache=self, fresh=fresh, device=self.k.device)
+
+
+class PagedCache:
+    """`num_blocks` shared K/V blocks of `block_size` tokens and `num_slots` CCA state rows, per layer.
+
+    Which blocks and which state row belong to a sequence is the engine's block manager's business;
+    this class only holds the tensors and their sizes.
+    """
+
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_slots: int, num_kv_heads: int,
+                 head_dim: int, conv_channels: int, conv_width: int, value_dim: int, *,
+                 dtype: torch.dtype = torch.float32, state_dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> None:
+        self.num_blocks, self.block_size, self.num_slots = num_blocks, block_size, num_slots
+        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, N, bs, KV, D)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.conv = torch.zeros(num_layers, num_slots, conv_channels, conv_width, dtype=state_dtype, device=device)
+        self.value = torch.zeros(num_layers, num_slots, value_dim, dtype=state_dtype, device=device)
+
+    @staticmethod
+    def kv_bytes_per_token(config, dtype: torch.dtype) -> int:  # noqa: ANN001 - Zaya1Config
+        """K + V bytes one token takes in one layer: 2 x kv_heads x head_dim x dtype bytes."""
+        return 2 * config.num_key_value_heads * config.head_dim * dtype.itemsize
+
+    @staticmethod
+    def state_bytes_per_seq(config, state_dtype: torch.dtype) -> int:  # noqa: ANN001
+        """Constant CCA state of one sequence over all layers (conv columns + delayed value)."""
+        per_layer = config.conv_channels * config.conv_state_width + config.value_state_dim
+        return per_layer * state_dtype.itemsize * config.num_hidden_layers
+
+    @classmethod
+    def for_budget(cls, config, memory_budget: int, block_size: int, num_slots: int, *,  # noqa: ANN001
+                   dtype: torch.dtype = torch.float32, state_dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> PagedCache:
+        """As many blocks as fit in `memory_budget` bytes after the `num_slots` state rows."""
+        block_bytes = cls.kv_bytes_per_token(config, dtype) * block_size * config.num_hidden_layers
+        num_blocks = (memory_budget - num_slots * cls.state_bytes_per_seq(config, state_dtype)) // block_bytes
+        if num_blocks < 1:
+            raise ValueError(f"memory_budget={memory_budget} bytes holds no K/V block after {num_slots} state slots "
+                             f"(one block: {block_bytes} B)")
+        return cls(config.num_hidden_layers, int(num_blocks), block_size, num_slots, config.num_key_value_heads,
+                   config.head_dim, config.conv_channels, config.conv_state_width, config.value_state_dim,
+                   dtype=dtype, state_dtype=state_dtype, device=device)
+
+    def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[layer], self.v[layer]
+
+    def conv_state(self, layer: int) -> torch.Tensor:
+        return self.conv[layer]
+
+    def value_state(self, layer: int) -> torch.Tensor:
+        return self.value[layer]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.conv, self.value))

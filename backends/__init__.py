@@ -7,6 +7,7 @@ on first attribute access, so `import rsa` stays fast and works without the engi
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from .base import (
@@ -51,6 +52,7 @@ __all__ = [
     "InvalidRequest",
     "ScriptedBackend",
     "build_trace",
+    "NANO_DIR",
     "default_backend",
     "split_think",
     *_LAZY,
@@ -69,10 +71,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'rsa.backends' has no attribute {name!r}")
 
 
+# the shipped default model and its RSA preset (package data; reading it needs no torch)
+NANO_DIR = Path(__file__).resolve().parent / "zaya1" / "nano"
+
+
 def default_backend() -> Backend:
-    """The embedded default model's backend (used by `rsa.solve` when no backend is given)."""
-    raise BackendUnavailable(
-        "no embedded default model is available yet; pass a backend: "
-        "rsa.solve(problem, backend='http://host:port/v1') for an OpenAI-compatible server "
-        "(vLLM), or a Backend object such as rsa.backends.ScriptedBackend(...)"
-    )
+    """The embedded default: ZAYA1-nano on our engine (used when no backend is given)."""
+    try:
+        from .engine_backend import EngineBackend
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the embedded default model needs the engine extra ({exc}); install it with "
+            "pip install 'markovian-rsa[engine]', or pass a backend: backend='http://host:port/v1' "
+            "for an OpenAI-compatible server (vLLM), or a Backend object such as rsa.backends.ScriptedBackend(...)"
+        ) from None
+    if not (NANO_DIR / "config.json").exists():
+        raise BackendUnavailable(f"the shipped default model is missing from {NANO_DIR}; reinstall markovian-rsa")
+    return EngineBackend(str(NANO_DIR))

@@ -1,5 +1,8 @@
 """The public entry points: `solve`, `asolve` and `stream`.
 
+With no backend, the embedded default model (ZAYA1-nano on our engine) is used, and with no
+config its shipped preset (`config="nano"`); keyword overrides still apply on top.
+
     result = rsa.solve("What is 12 * 34?", backend="http://localhost:8000/v1", population=8)
     result = await rsa.asolve(problem, backend=my_backend, config=RSAConfig(rounds=3))
     async for event in rsa.stream(problem, backend=my_backend): ...
@@ -20,7 +23,7 @@ from typing import Any
 
 from rsa.backends.base import Backend
 
-from .config import PRESETS, RSAConfig
+from .config import RSAConfig, preset
 from .controller import run_markovian_rsa
 from .events import Done, RSAEvent
 from .results import SolveResult
@@ -34,9 +37,7 @@ def make_config(config: RSAConfig | dict[str, Any] | str | None = None, **overri
     """An `RSAConfig` from a config object, a dict, a preset name, or None (defaults), with
     keyword overrides applied on top (validated together)."""
     if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown preset {config!r}; known presets: {sorted(PRESETS)}")
-        base: dict[str, Any] = dict(PRESETS[config])
+        base: dict[str, Any] = preset(config)
     elif isinstance(config, RSAConfig):
         base = config.model_dump(exclude_unset=True)
     elif isinstance(config, dict):
@@ -90,6 +91,8 @@ async def asolve(problem: Any, *, backend: BackendSpec = None, config: RSAConfig
     """Solve one problem with Markovian RSA. Raises `rsa.StageFailedError` (with the partial
     result) when every rollout of a stage failed. Cancelling it cancels every rollout.
     `on_event` is called (synchronously, on the event loop) with each progress event."""
+    if backend is None and config is None:  # the embedded default model comes with its own setting
+        config = "nano"
     cfg = make_config(config, **overrides)
     text, pid = _problem_fields(problem)
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)

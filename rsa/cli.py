@@ -36,6 +36,7 @@ from . import batch as batch_mod
 from .api import asolve, make_config
 from .backend_spec import BackendSpecError, build_backend
 from .config import PRESETS, RSAConfig
+from .config import preset as preset_fields
 from .events import StageFinished, StageStarted
 from .progress import BatchProgress
 from .report import rich_tables, write_report
@@ -91,9 +92,10 @@ def load_config(preset: Optional[str], config_file: Optional[Path], flags: dict[
     """Preset, then the JSON file, then the flags given; exits 2 with pydantic's messages."""
     base: dict[str, Any] = {}
     if preset is not None:
-        if preset not in PRESETS:
-            raise fail(f"unknown preset {preset!r}; known presets: {', '.join(sorted(PRESETS))}", 2)
-        base.update(PRESETS[preset])
+        try:
+            base.update(preset_fields(preset))
+        except ValueError as exc:
+            raise fail(str(exc), 2) from None
     if config_file is not None:
         try:
             data = json.loads(config_file.read_text())
@@ -124,7 +126,8 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     fields = RSAConfig.model_fields
     extra = [_option(name, typ, *flags, help=HELP.get(name) or fields[name].description)
              for name, (flags, typ) in CONFIG_FLAGS.items()]
-    extra.append(_option("preset", str, help=f"start from a preset: {', '.join(PRESETS)}"))
+    extra.append(_option("preset", str, help=f"start from a preset: {', '.join([*PRESETS, 'nano'])} "
+                         "(nano, the default model's own, is the default with --backend engine)"))
     extra.append(_option("config_file", Path, "--config",
                          help="FILE.json of RSAConfig fields (over the preset, under the flags)"))
     own = [p for p in inspect.signature(func).parameters.values() if p.name != "config"]
@@ -132,8 +135,10 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
         flags = {name: kwargs.pop(name) for name in CONFIG_FLAGS}
-        config = load_config(kwargs.pop("preset"), kwargs.pop("config_file"),
-                             {k: v for k, v in flags.items() if v is not None})
+        preset, config_file = kwargs.pop("preset"), kwargs.pop("config_file")
+        if preset is None and config_file is None and kwargs.get("backend") in (None, [], ["engine"]):
+            preset = "nano"  # the embedded default model runs with its shipped setting
+        config = load_config(preset, config_file, {k: v for k, v in flags.items() if v is not None})
         return func(config=config, **kwargs)
 
     params = own + extra
@@ -442,6 +447,50 @@ def mcp(
         run_mcp(backend or ["engine"], transport=transport.value, host=host, port=port,
                 config=server_defaults(config), max_deadline_s=max_deadline, path=path)
     except BackendSpecError as exc:
+        raise fail(str(exc), 2) from None
+
+
+# -- rsa engine serve -------------------------------------------------------------------------
+engine_app = typer.Typer(no_args_is_help=True, help="The embedded ZAYA1 engine.")
+app.add_typer(engine_app, name="engine")
+
+
+@engine_app.command("serve")
+def engine_serve(
+    model: Annotated[str, typer.Option("--model", "-m", help="checkpoint directory (native ZAYA format); "
+                                       "'nano' for the shipped ZAYA1-nano")],
+    host: Annotated[str, typer.Option(help="address to bind (loopback unless told otherwise)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8010,
+    api_key: Annotated[Optional[str], typer.Option(envvar="RSA_API_KEY", help="require this Bearer key on /v1")] = None,
+    served_model_name: Annotated[Optional[str], typer.Option(help="model name in the API")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bfloat16 on CUDA, else float32) | float32 | bfloat16 | float16")] = "auto",
+    kv_cache_dtype: Annotated[Optional[str], typer.Option(help="K/V cache dtype (default: the model's)")] = None,
+    max_num_seqs: Annotated[Optional[int], typer.Option(min=1, help="sequences decoded at once")] = None,
+    max_num_batched_tokens: Annotated[Optional[int], typer.Option(min=1, help="tokens per engine step")] = None,
+    max_model_len: Annotated[Optional[int], typer.Option(min=1, help="context length cap")] = None,
+    block_size: Annotated[Optional[int], typer.Option(min=1, help="tokens per K/V cache block")] = None,
+    memory_budget: Annotated[Optional[int], typer.Option(min=1, help="cache bytes (K/V blocks + CCA state)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="engine seed for unseeded requests")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve a ZAYA1 checkpoint with the OpenAI/vLLM-compatible API (chat, completions, tokenize, metrics)."""
+    try:
+        from rsa.backends.zaya1.server import serve as serve_engine
+    except ImportError as exc:
+        raise fail(f"{exc} (install the engine and serve extras: pip install 'markovian-rsa[engine,serve]')", 2) from None
+    if model == "nano":
+        from rsa.backends.zaya1 import NANO_PATH
+
+        model = str(NANO_PATH)
+    options = {k: v for k, v in dict(kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
+                                      max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
+                                      block_size=block_size, memory_budget=memory_budget, seed=seed).items()
+               if v is not None}
+    try:
+        serve_engine(model, host=host, port=port, api_key=api_key, served_model_name=served_model_name,
+                     log_level=log_level, device=device, dtype=dtype, **options)
+    except (OSError, ValueError) as exc:
         raise fail(str(exc), 2) from None
 
 

@@ -7,13 +7,14 @@ arguments, a dict, JSON or CLI flags; bad values fail with pydantic's precise me
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .prompts import AGGREGATE_TEMPLATE, REFINE_TEMPLATE, SOLVE_TEMPLATE, check_template
 
-__all__ = ["RSAConfig", "PRESETS"]
+__all__ = ["PRESETS", "RSAConfig", "preset"]
 
 
 class RSAConfig(BaseModel):
@@ -68,3 +69,15 @@ PRESETS: dict[str, dict[str, object]] = {
     "medium": dict(population=8, aggregation_size=4, rounds=2),
     "high": dict(population=16, aggregation_size=4, rounds=2),
 }
+
+
+def preset(name: str) -> dict[str, object]:
+    """The fields of a named preset. `nano` is the setting shipped beside the embedded default
+    model (ZAYA1-nano), read from its checkpoint directory."""
+    if name == "nano":
+        import rsa.backends
+
+        return json.loads((rsa.backends.NANO_DIR / "rsa_preset.json").read_text())
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {sorted([*PRESETS, 'nano'])}")
+    return dict(PRESETS[name])

@@ -14,6 +14,8 @@ Engine-style stepping: `model(input_ids, positions, ctx)` with a `ForwardContext
 This package imports torch; `rsa.backends` itself never imports it.
 """
 
+from pathlib import Path
+
 from .async_engine import AsyncLLM
 from .cache import ContiguousCache, ForwardContext, KVStateCache, PagedCache
 from .config import Zaya1Config
@@ -22,5 +24,7 @@ from .model import Zaya1ForCausalLM
 from .sampling_params import SamplingParams
 from .weights import load_model
 
-__all__ = ["AsyncLLM", "ContiguousCache", "EngineConfig", "EngineMetrics", "ForwardContext", "KVStateCache", "LLM",
+NANO_PATH = Path(__file__).resolve().parent / "nano"  # ZAYA1-nano, the shipped default model
+
+__all__ = ["NANO_PATH", "AsyncLLM", "ContiguousCache", "EngineConfig", "EngineMetrics", "ForwardContext", "KVStateCache", "LLM",
            "PagedCache", "RequestOutput", "SamplingParams", "Zaya1Config", "Zaya1ForCausalLM", "load_model"]

@@ -1,0 +1,345 @@
+"""Training data for ZAYA1-nano: scratchpad traces, realistic wrong traces, solve and
+aggregation examples, and the tokenizer they are written in.
+
+Task family (fixed): "What is A + B?", "What is A - B?", "What is A * B?" and
+"What is A + B + C?" from `rsa.problems.synthetic` (kind `arith`). A trace thinks column by
+column on zero-padded operands and ends with `\\boxed{RESULT}`:
+
+    <think>
+    4567+0891
+    7+1+0=8 c0
+    6+9+0=5 c1
+    5+8+1=4 c1
+    4+0+1=5 c0
+    =05458
+    </think>
+
+    \\boxed{5458}
+
+Each column line is `x op y [op z] op carry = digit cNEXT`; subtraction with A < B first
+writes `swap` and subtracts the other way; products write one partial product per digit of B,
+then add them column by column. Wrong traces come from the same algorithm with one injected
+fault (a dropped or spurious carry, a wrong digit, a misread operand digit, a slip when
+copying the result), and every later step follows the faulty state, as a real slip would.
+
+Aggregation examples are built exactly the way the controller builds them: the repository's
+`render_aggregate` over candidate tails cut with the model's own tokenizer (last
+`tail_tokens` ids, decoded, with `TRUNCATION_MARKER` when cut). Their target first lists the
+candidates' answers (`answers 5458 5358 5458 5458`), then solves the problem again.
+
+Not covered: anything beyond this task family; the model is a demonstration, not a
+calculator.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rsa.prompts import (
+    AGGREGATE_TEMPLATE,
+    REFINE_TEMPLATE,
+    SOLVE_TEMPLATE,
+    TRUNCATION_MARKER,
+    render_aggregate,
+    render_solve,
+)
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "Example",
+    "aggregate_target",
+    "build_tokenizer",
+    "cut_tail",
+    "make_example",
+    "parse_problem",
+    "solve_trace",
+    "tokenizer_corpus",
+    "wrong_trace",
+]
+
+USER, ASSISTANT, SYSTEM, END, PAD = "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|pad|>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+SPECIAL_TOKENS = [PAD, END, USER, ASSISTANT, SYSTEM, THINK_OPEN, THINK_CLOSE]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+_PROBLEM = re.compile(r"What is (\d+) ([+\-*]) (\d+)(?: \+ (\d+))?\?")
+
+
+def parse_problem(text: str) -> tuple[str, list[int]]:
+    """('add'|'sub'|'mul'|'add3', operands) of a problem of the task family."""
+    m = _PROBLEM.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"not a problem of the nano task family: {text!r}")
+    a, op, b, c = m.groups()
+    if c is not None:
+        if op != "+":
+            raise ValueError(f"not a problem of the nano task family: {text!r}")
+        return "add3", [int(a), int(b), int(c)]
+    return {"+": "add", "-": "sub", "*": "mul"}[op], [int(a), int(b)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scratchpad algorithms, with an optional injected fault
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Fault:
+    """One slip: at step `at` (a column line) do `kind`; `value` picks the wrong digit."""
+
+    kind: str  # digit | carry | operand | copy
+    at: int
+    value: int
+
+
+def _digits(n: int, width: int) -> list[int]:
+    return [int(ch) for ch in str(n).zfill(width)]
+
+
+def _wrong(rng_value: int, right: int, base: int = 10) -> int:
+    """A digit other than `right`, chosen by `rng_value`."""
+    return (right + 1 + rng_value % (base - 1)) % base
+
+
+class _Pad:
+    """Collects lines and counts column steps so a fault can fire at step `fault.at`."""
+
+    def __init__(self, fault: Fault | None) -> None:
+        self.lines: list[str] = []
+        self.fault = fault
+        self.step = 0
+
+    def fires(self, kind: str) -> bool:
+        return self.fault is not None and self.fault.kind == kind and self.fault.at == self.step
+
+
+def _columns(pad: _Pad, rows: list[list[int]], op: str) -> list[int]:
+    """Column-wise add (op '+') or subtract (op '-') digit rows of equal width; returns the
+    result digits, most significant first, including a final carry digit for '+'."""
+    width = len(rows[0])
+    carry, out = 0, []
+    for i in range(width - 1, -1, -1):
+        col = [r[i] for r in rows]
+        if pad.fires("operand"):
+            col[-1] = _wrong(pad.fault.value, col[-1])
+        if op == "+":
+            total = sum(col) + carry
+            digit, nxt = total % 10, total // 10
+        else:
+            total = col[0] - col[1] - carry
+            digit, nxt = total % 10, int(total < 0)
+        if pad.fires("digit"):
+            digit = _wrong(pad.fault.value, digit)
+        if pad.fires("carry"):
+            nxt = nxt - 1 if nxt > 0 else nxt + 1
+        pad.lines.append(f"{op.join(str(d) for d in col)}{op}{carry}={digit} c{nxt}")
+        out.append(digit)
+        carry = nxt
+        pad.step += 1
+    out.reverse()
+    return [carry] + out if op == "+" else out
+
+
+def _mul_row(pad: _Pad, a: list[int], b: int) -> list[int]:
+    carry, out = 0, []
+    for i in range(len(a) - 1, -1, -1):
+        x = a[i]
+        if pad.fires("operand"):
+            x = _wrong(pad.fault.value, x)
+        total = x * b + carry
+        digit, nxt = total % 10, total // 10
+        if pad.fires("digit"):
+            digit = _wrong(pad.fault.value, digit)
+        if pad.fires("carry"):
+            nxt = nxt - 1 if nxt > 0 else nxt + 1
+        pad.lines.append(f"{x}*{b}+{carry}={digit} c{nxt}")
+        out.append(digit)
+        carry = nxt
+        pad.step += 1
+    out.reverse()
+    return [carry] + out
+
+
+def _number(digits: list[int], negative: bool = False) -> int:
+    value = int("".join(map(str, digits)))
+    return -value if negative else value
+
+
+def _steps(kind: str) -> int:
+    """Column lines a trace of this kind has (faults pick one of them)."""
+    return {"add": 4, "sub": 4, "add3": 4, "mul": 3 + 3 + 5}[kind]
+
+
+def _think(kind: str, ops: list[int], fault: Fault | None) -> tuple[list[str], int]:
+    """(scratchpad lines, the result they reach)."""
+    pad = _Pad(fault)
+    if kind in ("add", "add3"):
+        rows = [_digits(x, 4) for x in ops]
+        pad.lines.append("+".join(str(x).zfill(4) for x in ops))
+        result = _columns(pad, rows, "+")
+        negative = False
+    elif kind == "sub":
+        a, b = ops
+        pad.lines.append(f"{a:04d}-{b:04d}")
+        negative = a < b
+        if negative:
+            a, b = b, a
+            pad.lines.append(f"swap {a:04d}-{b:04d}")
+        result = _columns(pad, [_digits(a, 4), _digits(b, 4)], "-")
+    else:
+        a, b = ops
+        ad, bd = _digits(a, 3), _digits(b, 2)
+        pad.lines.append(f"{a:03d}*{b:02d}")
+        low = _mul_row(pad, ad, bd[1])
+        pad.lines.append("=" + "".join(map(str, low)))
+        high = _mul_row(pad, ad, bd[0])
+        pad.lines.append("=" + "".join(map(str, high)) + "0")
+        rows = [[0] + low, high + [0]]
+        pad.lines.append("+".join("".join(map(str, r)) for r in rows))
+        result = _columns(pad, rows, "+")
+        negative = False
+    value = _number(result, negative)
+    pad.lines.append("=" + ("-" if negative else "") + "".join(map(str, result)))
+    return pad.lines, value
+
+
+def _render(lines: list[str], answer: int) -> str:
+    return f"{THINK_OPEN}\n" + "\n".join(lines) + f"\n{THINK_CLOSE}\n\n\\boxed{{{answer}}}"
+
+
+def solve_trace(problem: str) -> str:
+    """The correct trace of a problem."""
+    kind, ops = parse_problem(problem)
+    lines, value = _think(kind, ops, None)
+    return _render(lines, value)
+
+
+def wrong_trace(problem: str, rng: random.Random) -> str:
+    """A trace with one realistic slip whose final answer is wrong (falls back to a slip when
+    copying the result if a fault happens to cancel out)."""
+    kind, ops = parse_problem(problem)
+    right = _think(kind, ops, None)[1]
+    for _ in range(8):
+        fault = Fault(rng.choice(["digit", "digit", "carry", "carry", "operand"]),
+                      rng.randrange(_steps(kind)), rng.randrange(9))
+        lines, value = _think(kind, ops, fault)
+        if value != right:
+            return _render(lines, value)
+    lines, _ = _think(kind, ops, None)
+    digits = list(str(abs(right)))
+    i = rng.randrange(len(digits))
+    digits[i] = str(_wrong(rng.randrange(9), int(digits[i])))
+    value = int("".join(digits)) * (-1 if right < 0 else 1)
+    return _render(lines, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------
+def build_tokenizer(corpus: list[str], vocab_size: int, out_dir: Path | None = None):
+    """A byte-level BPE whose digits are always single tokens and whose chat tokens and think
+    tags are single special tokens; merges may cross spaces, so the fixed English of the
+    templates collapses into a few tokens. Returns a `PreTrainedTokenizerFast`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), max_token_length=64,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=END, pad_token=PAD, bos_token=None, unk_token=None,
+        additional_special_tokens=[USER, ASSISTANT, SYSTEM, THINK_OPEN, THINK_CLOSE],
+        model_max_length=1024, padding_side="left", clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    if out_dir is not None:
+        fast.save_pretrained(out_dir)
+    return fast
+
+
+def cut_tail(tokenizer, text: str, tail_tokens: int) -> str:
+    """`rsa.tails.make_tail` with this tokenizer: the last `tail_tokens` ids, decoded, behind
+    the truncation marker when cut."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= tail_tokens:
+        return text
+    kept = tokenizer.decode(ids[-tail_tokens:], skip_special_tokens=False).lstrip("\ufffd")
+    return f"{TRUNCATION_MARKER}\n{kept}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples
+# ---------------------------------------------------------------------------------------------
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def aggregate_target(problem: str, tails: list[str]) -> str:
+    """The aggregation answer: the candidates' boxed answers in order (`?` for none), then a
+    fresh correct solution."""
+    answers = []
+    for tail in tails:
+        found = _BOXED.findall(tail)
+        answers.append(found[-1] if found else "?")
+    trace = solve_trace(problem)
+    return trace.replace(f"{THINK_OPEN}\n", f"{THINK_OPEN}\nanswers {' '.join(answers)}\n", 1)
+
+
+@dataclass
+class Example:
+    prompt: str  # the user message
+    target: str  # the assistant message (trace)
+    kind: str  # solve | aggregate
+
+
+def make_example(problem: str, rng: random.Random, tokenizer, tail_tokens: int,
+                 p_aggregate: float = 0.5) -> Example:
+    """A solve example, or (probability `p_aggregate`) an aggregation example whose K tails
+    (K=4 mostly, sometimes 1-3) come from a random mix of correct and wrong traces."""
+    if rng.random() >= p_aggregate:
+        return Example(render_solve(SOLVE_TEMPLATE, problem), solve_trace(problem), "solve")
+    k = 4 if rng.random() < 0.7 else rng.randint(1, 3)
+    n_right = rng.randint(0, k)
+    traces = [solve_trace(problem)] * n_right
+    wrong = [wrong_trace(problem, rng) for _ in range(k - n_right)]
+    if len(wrong) >= 2 and rng.random() < 0.3:  # a shared slip: two wrong candidates agree
+        wrong[1] = wrong[0]
+    traces += wrong
+    rng.shuffle(traces)
+    tails = [cut_tail(tokenizer, t, tail_tokens) for t in traces]
+    prompt = render_aggregate(AGGREGATE_TEMPLATE, REFINE_TEMPLATE, problem, tails)
+    return Example(prompt, aggregate_target(problem, tails), "aggregate")
+
+
+def tokenizer_corpus(problems: list[str], rng: random.Random, n: int) -> list[str]:
+    """Texts to train the BPE on: solve prompts, aggregation prompts with whole traces as
+    candidates (so no tokenizer is needed yet), and traces, all in chat format."""
+    from rsa.prompts import format_candidates  # noqa: F401 - the same blocks as render_aggregate
+
+    out = []
+    for i in range(n):
+        p = problems[i % len(problems)]
+        traces = [solve_trace(p) if rng.random() < 0.5 else wrong_trace(p, rng) for _ in range(4)]
+        cut = [f"{TRUNCATION_MARKER}\n" + t[len(t) // 2:] for t in traces]
+        k = rng.choice([1, 4, 4])
+        prompt = render_aggregate(AGGREGATE_TEMPLATE, REFINE_TEMPLATE, p, cut[:k])
+        out.append(f"{USER}\n{render_solve(SOLVE_TEMPLATE, p)}{END}\n{ASSISTANT}\n{traces[0]}{END}\n")
+        out.append(f"{USER}\n{prompt}{END}\n{ASSISTANT}\n{aggregate_target(p, cut[:k])}{END}\n")
+    return out
+
+
+def write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")

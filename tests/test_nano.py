@@ -92,3 +92,28 @@ async def test_markovian_rsa_solve_end_to_end():
     answers = [c.answer for s in result.stages for c in s.candidates]
     assert sum(a is not None for a in answers) >= 6
     assert result.answer is not None
+
+
+def test_default_solve_runs_nano_on_the_engine():
+    """`rsa.solve(problem)` with no backend: ZAYA1-nano on our engine with its shipped preset."""
+    import rsa
+
+    result = rsa.solve("What is 345 + 78?", population=4, rounds=1, seed=0)
+    preset = json.loads((NANO / "rsa_preset.json").read_text())
+    assert result.backend.startswith("zaya1-engine") and result.config.tail_tokens == preset["tail_tokens"]
+    assert [len(s.candidates) for s in result.stages] == [4, 4]
+    assert all(c.finish_reason == "stop" for s in result.stages for c in s.candidates)
+    assert all(c.tail_truncated for c in result.stages[0].candidates)
+    assert result.answer is not None and sum(result.votes.values()) >= 2
+
+
+def test_cli_solve_uses_the_embedded_default():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "rsa.cli", "solve", "What is 21 + 34?", "-n", "4", "-t", "1",
+                           "--seed", "0", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["config"]["tail_tokens"] == json.loads((NANO / "rsa_preset.json").read_text())["tail_tokens"]
+    assert result["answer"] is not None and len(result["stages"]) == 2

@@ -21,9 +21,7 @@ tool calls in one helper (call `handle_tool_call` once per call, e.g. with `asyn
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -31,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rsa.backends.base import BackendError
 
-from .api import BackendSpec, asolve, make_config
+from .api import BackendSpec, asolve, make_config, run_blocking
 from .config import PRESETS, RSAConfig
 from .results import RSAError, SolveResult
 
@@ -203,28 +201,7 @@ async def handle_tool_call(call: Any, *, backend: BackendSpec = None, config: RS
 
 def handle_tool_call_sync(call: Any, **options: Any) -> dict[str, str]:
     """Blocking `handle_tool_call` (on a helper thread when an event loop is already running)."""
-    return _run_blocking(handle_tool_call(call, **options))
-
-
-def _run_blocking(coro: Any) -> Any:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def runner() -> None:
-        try:
-            box["result"] = asyncio.run(coro)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=runner, name="rsa-tool-call")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    return run_blocking(handle_tool_call(call, **options))
 
 
 def langchain_tool(*, backend: BackendSpec = None, config: RSAConfig | dict | str | None = None,
@@ -248,7 +225,7 @@ def langchain_tool(*, backend: BackendSpec = None, config: RSAConfig | dict | st
         return summarize(result).model_dump_json(), result
 
     def solve_math_sync(**kwargs: Any) -> tuple[str, SolveResult]:
-        return _run_blocking(solve_math(**kwargs))
+        return run_blocking(solve_math(**kwargs))
 
     return StructuredTool.from_function(
         func=solve_math_sync, coroutine=solve_math, name=TOOL_NAME, description=DESCRIPTION,

@@ -18,8 +18,8 @@ import asyncio
 import hashlib
 import random
 import threading
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 from rsa.backends.base import Backend
 
@@ -28,9 +28,10 @@ from .controller import run_markovian_rsa
 from .events import Done, RSAEvent
 from .results import SolveResult
 
-__all__ = ["asolve", "make_config", "resolve_backend", "solve", "stream"]
+__all__ = ["asolve", "make_config", "resolve_backend", "run_blocking", "solve", "stream"]
 
 BackendSpec = Backend | str | list[str] | None
+T = TypeVar("T")
 
 
 def make_config(config: RSAConfig | dict[str, Any] | str | None = None, **overrides: Any) -> RSAConfig:
@@ -108,7 +109,12 @@ def solve(problem: Any, *, backend: BackendSpec = None, config: RSAConfig | dict
           **overrides: Any) -> SolveResult:
     """Blocking `asolve`. Inside a running event loop (a notebook) it runs on a helper thread
     with its own loop, so pass a backend that is not bound to your loop, or use `asolve`."""
-    coro = asolve(problem, backend=backend, config=config, **overrides)
+    return run_blocking(asolve(problem, backend=backend, config=config, **overrides))
+
+
+def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code: `asyncio.run` here, or on a helper thread
+    with its own loop when this thread already runs an event loop (a notebook)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -121,7 +127,7 @@ def solve(problem: Any, *, backend: BackendSpec = None, config: RSAConfig | dict
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             box["error"] = exc
 
-    thread = threading.Thread(target=runner, name="rsa-solve")
+    thread = threading.Thread(target=runner, name="rsa-blocking")
     thread.start()
     thread.join()
     if "error" in box:

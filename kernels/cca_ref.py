@@ -81,26 +81,30 @@ def cca_epilogue(
     src_local = local[:, None] - w + taps  # (T, W+1)
     flat = torch.arange(t, device=qk.device)[:, None] - w + taps
     idx = torch.where(src_local >= 0, flat, t + seq[:, None] * w + w + src_local)  # (T, W+1)
-    window = source[idx]  # (T, W+1, C)
+    window = source.index_select(0, idx.view(-1)).view(t, w + 1, c)  # (T, W+1, C)
 
     # ---- depthwise then grouped convolution ("valid", one output per token) ----------------
-    dw = (window.unfold(1, t0, 1) * dw_weight[:, 0].float()).sum(-1) + dw_bias.float()  # (T, t1, C)
-    wg = g_weight.float().view(groups, d, d, t1)  # (G, D_out, D_in, t1)
-    conv = torch.einsum("tpgi,goip->tgo", dw.view(t, t1, groups, d), wg) + g_bias.float().view(groups, d)  # (T, G, D)
+    dw_w = dw_weight[:, 0].float()  # (C, t0)
+    dw = window[:, 0:t1] * dw_w[:, 0]  # (T, t1, C), one tap at a time: no unfolded copy
+    for j in range(1, t0):
+        dw.addcmul_(window[:, j:j + t1], dw_w[:, j])
+    dw += dw_bias.float()
+    x = dw.view(t, t1, groups, d).permute(2, 0, 1, 3).reshape(groups, t, t1 * d)  # (G, T, t1 * D_in)
+    wg = g_weight.float().view(groups, d, d, t1).permute(0, 3, 2, 1).reshape(groups, t1 * d, d)  # (G, t1 * D_in, D_out)
+    conv = torch.baddbmm(g_bias.float().view(groups, 1, d), x, wg).transpose(0, 1)  # (T, G, D)
 
-    # ---- q/k mean-residual mix ---------------------------------------------------------
-    q0 = qk[:, :hq * d].float().view(t, hq, d)  # (T, Hq, D)
-    k0 = qk[:, hq * d:].float().view(t, kv, d)  # (T, KV, D)
-    q_res = 0.5 * (q0 + k0.repeat_interleave(hq // kv, dim=1))  # (T, Hq, D)
-    k_res = q_res.view(t, kv, hq // kv, d).mean(2)  # (T, KV, D)
-    q = conv[:, :hq] + q_res
-    k = conv[:, hq:] + k_res
+    # ---- q/k mean-residual mix (q heads first, then k heads, as in the conv output) ---------
+    q0 = qk[:, :hq * d].float().view(t, kv, hq // kv, d)  # (T, KV, Hq / KV, D)
+    k0 = qk[:, hq * d:].float().view(t, kv, 1, d)  # (T, KV, 1, D)
+    q_res = (q0 + k0).mul_(0.5)  # (T, KV, Hq / KV, D)
+    qk_mix = conv + torch.cat([q_res.view(t, hq, d), q_res.mean(2)], dim=1)  # (T, G, D), k_res = mean of q_res
 
-    # ---- L2 norm to sqrt(D), key temperature, RoPE ---------------------------------------
+    # ---- L2 norm to sqrt(D), key temperature (k heads only), RoPE -------------------------
     eps = torch.finfo(qk.dtype).eps
-    q = q * (math.sqrt(d) / q.norm(dim=-1, keepdim=True).clamp_min(eps))
-    k = k * (math.sqrt(d) / k.norm(dim=-1, keepdim=True).clamp_min(eps)) * temp.float()[:, None]
-    q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+    head_scale = torch.cat([temp.new_ones(hq, dtype=torch.float32), temp.float()])[:, None]  # (G, 1)
+    qk_mix = qk_mix * (math.sqrt(d) / qk_mix.norm(dim=-1, keepdim=True).clamp_min(eps)) * head_scale
+    qk_mix = _rope(qk_mix, cos, sin)  # (T, G, D)
+    q, k = qk_mix[:, :hq].contiguous(), qk_mix[:, hq:].contiguous()  # (T, Hq, D), (T, KV, D)
 
     # ---- value: [current projection | previous token's delayed projection] ------------------
     if value_state is None:

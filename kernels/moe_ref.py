@@ -25,15 +25,16 @@ def moe_experts(
     Returns (T, H) in hidden.dtype; expert matmuls run in hidden.dtype, the gate product in fp32.
     """
     num_experts = gate_up_proj.shape[0]
-    out = torch.zeros_like(hidden)  # (T, H)
-    order = torch.argsort(expert_ids, stable=True)  # (T,)
-    counts = torch.bincount(expert_ids, minlength=num_experts + 1).tolist()
+    order = torch.argsort(expert_ids, stable=True)  # (T,) token ids grouped by expert, skip slot last
+    counts = torch.bincount(expert_ids, minlength=num_experts + 1).tolist()  # (E + 1,) one host sync
+    x = hidden.index_select(0, order)  # (T, H) rows of expert e are one contiguous slice
+    w = gate.index_select(0, order).float()[:, None]  # (T, 1)
+    y = torch.zeros_like(hidden)  # (T, H) in sorted order; skip rows stay 0
     start = 0
     for e, n in enumerate(counts[:num_experts]):
         if n:
-            tok = order[start:start + n]  # (n,)
-            g, u = F.linear(hidden[tok], gate_up_proj[e]).chunk(2, dim=-1)  # (n, I) each
-            y = F.linear(F.silu(g) * u, down_proj[e])  # (n, H)
-            out[tok] = (y.float() * gate[tok, None].float()).to(out.dtype)
+            rows = slice(start, start + n)
+            g, u = F.linear(x[rows], gate_up_proj[e]).chunk(2, dim=-1)  # (n, I) each
+            y[rows] = (F.linear(F.silu(g).mul_(u), down_proj[e]).float() * w[rows]).to(y.dtype)  # (n, H)
         start += n
-    return out
+    return torch.empty_like(hidden).index_copy_(0, order, y)  # (T, H) back in token order

@@ -71,7 +71,6 @@ class ForwardContext:
         cu = [0]
         for q in query_lens:
             cu.append(cu[-1] + q)
-        slot_mapping: list[int] = []
         if cache is None:
             if any(context_lens) or not all(fresh):
                 raise ValueError("without a cache every sequence must start fresh with no context")
@@ -79,25 +78,34 @@ class ForwardContext:
         else:
             if block_tables is None:
                 raise ValueError("block_tables are required with a cache")
-            bs = cache.block_size
             tables = [list(row) for row in block_tables]
-            for row, c, s in zip(tables, context_lens, seq_lens):
-                if len(row) * bs < s:
-                    raise ValueError(f"block table {row} holds {len(row) * bs} tokens, sequence needs {s}")
-                slot_mapping += [row[p // bs] * bs + p % bs for p in range(c, s)]
+            for row, s in zip(tables, seq_lens):
+                if len(row) * cache.block_size < s:
+                    raise ValueError(f"block table {row} holds {len(row) * cache.block_size} tokens, sequence needs {s}")
         width = max(len(row) for row in tables)
 
         def tensor(data: object, dtype: torch.dtype) -> torch.Tensor:
             return torch.tensor(data, dtype=dtype, device=device)
 
+        table_t = tensor([row + [0] * (width - len(row)) for row in tables], torch.int32)  # (B, max_blocks)
+        cu_t, ctx_t = tensor(cu, torch.int32), tensor(list(context_lens), torch.int32)
+        if cache is None:
+            slot_mapping = tensor([], torch.int64)
+        else:  # K/V row of every new token, vectorised over the flat batch
+            bs = cache.block_size
+            seq = torch.repeat_interleave(torch.arange(len(cu) - 1, device=device), cu_t.diff().long(),
+                                          output_size=cu[-1])  # (T,)
+            pos = (torch.arange(cu[-1], device=device) - cu_t[seq] + ctx_t[seq]).long()  # (T,)
+            slot_mapping = table_t[seq, pos // bs].long() * bs + pos % bs  # (T,)
+
         return cls(
-            cu_seqlens=tensor(cu, torch.int32),
-            context_lens=tensor(list(context_lens), torch.int32),
+            cu_seqlens=cu_t,
+            context_lens=ctx_t,
             seq_lens=tensor(seq_lens, torch.int32),
             state_slots=tensor(list(state_slots), torch.int64),
             fresh=tensor(fresh, torch.bool),
-            slot_mapping=tensor(slot_mapping, torch.int64),
-            block_tables=tensor([row + [0] * (width - len(row)) for row in tables], torch.int32),
+            slot_mapping=slot_mapping,
+            block_tables=table_t,
             max_query_len=max(query_lens),
             max_seq_len=max(seq_lens),
             is_decode=all(q == 1 for q in query_lens),

@@ -56,6 +56,7 @@ __all__ = [
     "build_tokenizer",
     "cut_tail",
     "make_example",
+    "own_example",
     "parse_problem",
     "solve_trace",
     "tokenizer_corpus",
@@ -322,6 +323,28 @@ def make_example(problem: str, rng: random.Random, tokenizer, tail_tokens: int,
     tails = [cut_tail(tokenizer, t, tail_tokens) for t in traces]
     prompt = render_aggregate(AGGREGATE_TEMPLATE, REFINE_TEMPLATE, problem, tails)
     return Example(prompt, aggregate_target(problem, tails), "aggregate")
+
+
+def own_example(record: dict, rng: random.Random, tokenizer, tail_tokens: int, k: int = 4,
+                answer_pick: bool = False) -> Example:
+    """An aggregation example over the model's OWN candidates: `record` is one line of
+    `examples/nano_rollouts.py` (a problem and its stages of candidates with the tails the
+    controller cut; the last stage has none, so they are cut here with `cut_tail`). K candidates of one stage are drawn at random; the target lists their
+    answers, then `pick X` when the gold answer X is among them (the aggregator learns to pick
+    the right candidate on its own error distribution), then the correct trace."""
+    problem, gold = record["problem"], str(record["gold"])
+    stage = rng.choice([s for s in record["stages"] if len(s) >= k])
+    cands = rng.sample(stage, k)
+    tails = [c["tail"] if c.get("tail") is not None else cut_tail(tokenizer, c["trace"], tail_tokens)
+             for c in cands]
+    prompt = render_aggregate(AGGREGATE_TEMPLATE, REFINE_TEMPLATE, problem, tails)
+    target = aggregate_target(problem, tails)
+    if any(c["correct"] for c in cands):
+        head, rest = target.split("\n", 2)[:2], target.split("\n", 2)[2]
+        if answer_pick:  # answer with the picked candidate at once, no re-solve
+            rest = f"{THINK_CLOSE}\n\n\\boxed{{{gold}}}"
+        target = "\n".join(head) + f"\npick {gold}\n" + rest
+    return Example(prompt, target, "aggregate")
 
 
 def tokenizer_corpus(problems: list[str], rng: random.Random, n: int) -> list[str]:

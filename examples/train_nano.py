@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nano_data import END, PAD, build_tokenizer, make_example, solve_trace, tokenizer_corpus  # noqa: E402
+from nano_data import END, PAD, build_tokenizer, make_example, own_example, solve_trace, tokenizer_corpus  # noqa: E402
 
 from rsa.problems import extract_answer  # noqa: E402
 from rsa.prompts import SOLVE_TEMPLATE, render_solve  # noqa: E402
@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--time-limit", type=float, default=None, help="stop (and save) after this many minutes")
     ap.add_argument("--init-from", type=Path, default=None, help="continue training this checkpoint (phase two)")
     ap.add_argument("--first-problem", type=int, default=0, help="index of the first training problem (phase two)")
+    ap.add_argument("--own-rollouts", type=Path, nargs="*", default=[], metavar="FILE",
+                    help="JSONL of the model's own candidates (examples/nano_rollouts.py): aggregation "
+                         "examples are then drawn from them (on-policy tails, `pick` targets), not synthesised")
+    ap.add_argument("--own-answer-pick", action="store_true",
+                    help="with --own-rollouts: after `pick X` answer X at once instead of solving again")
     ap.add_argument("--tiny", action="store_true", help="smoke mode: a few steps of a smaller model")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -101,10 +106,16 @@ def batches(args, tok, rng: random.Random):
     shuffle the chunks."""
     pool_size = 8 * args.batch_size
     index = args.first_problem
+    own = [json.loads(line) for path in args.own_rollouts for line in path.read_text().splitlines() if line.strip()]
     while True:
         problems = make("arith", index + pool_size, TRAIN_SEED)[index:]
         index += pool_size
-        pool = [make_example(p.problem, rng, tok, args.tail_tokens, args.p_aggregate) for p in problems]
+        if own:  # aggregation on the model's own candidates, solve examples on fresh problems
+            pool = [own_example(rng.choice(own), rng, tok, args.tail_tokens,
+                                   answer_pick=args.own_answer_pick) if rng.random() < args.p_aggregate
+                    else make_example(p.problem, rng, tok, args.tail_tokens, 0.0) for p in problems]
+        else:
+            pool = [make_example(p.problem, rng, tok, args.tail_tokens, args.p_aggregate) for p in problems]
         pool.sort(key=lambda e: len(e.prompt) + len(e.target))
         chunks = [pool[i:i + args.batch_size] for i in range(0, pool_size, args.batch_size)]
         rng.shuffle(chunks)

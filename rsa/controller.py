@@ -183,9 +183,8 @@ class _Solve:
                 self.go_on[later] = False
         self.stage_done[t].set()
 
-    async def _summarise(self, stage: Stage, only_finished: bool = False) -> None:
-        cands = [c for c in stage.candidates if c.finished_s is not None] if only_finished else stage.candidates
-        result = await tally(cands)
+    async def _summarise(self, stage: Stage) -> None:
+        result = await tally(stage.candidates)  # votes come from live candidates only
         stage.votes, stage.majority, stage.share = result.votes, result.majority, result.share
         stage.prompt_tokens = sum(c.prompt_tokens for c in stage.candidates)
         stage.completion_tokens = sum(c.completion_tokens for c in stage.candidates)
@@ -233,7 +232,7 @@ class _Solve:
                 if c.finish_reason in ("pending", "cancelled"):
                     c.finish_reason, c.error = "cancelled", "cancelled: the solve stopped"
             if partial:  # stages cut short by a stop were never summarised
-                await self._summarise(stage, only_finished=True)
+                await self._summarise(stage)
         # the best answer so far comes from the last stage that has a finished live member
         final = next((s for s in reversed(ran) if s.live), ran[-1] if ran else None)
         answer, selected = (final.majority, None) if final else (None, None)

@@ -113,7 +113,30 @@ class ForwardContext:
         )
 
 
-class ContiguousCache:
+class _CacheTensors:
+    """The KVStateCache accessors over four per-layer tensors `k`, `v`, `conv`, `value` that
+    subclasses allocate."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    conv: torch.Tensor
+    value: torch.Tensor
+
+    def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[layer], self.v[layer]
+
+    def conv_state(self, layer: int) -> torch.Tensor:
+        return self.conv[layer]
+
+    def value_state(self, layer: int) -> torch.Tensor:
+        return self.value[layer]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.conv, self.value))
+
+
+class ContiguousCache(_CacheTensors):
     """One contiguous (max_len)-token K/V region and one CCA state row per sequence slot, per layer."""
 
     def __init__(
@@ -144,19 +167,6 @@ class ContiguousCache:
         return cls(config.num_hidden_layers, max_seqs, max_len, config.num_key_value_heads, config.head_dim,
                    config.conv_channels, config.conv_state_width, config.value_state_dim, **kw)
 
-    def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.k[layer], self.v[layer]
-
-    def conv_state(self, layer: int) -> torch.Tensor:
-        return self.conv[layer]
-
-    def value_state(self, layer: int) -> torch.Tensor:
-        return self.value[layer]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.conv, self.value))
-
     def context(
         self,
         query_lens: Sequence[int],
@@ -171,7 +181,7 @@ class ContiguousCache:
                                     cache=self, fresh=fresh, device=self.k.device)
 
 
-class PagedCache:
+class PagedCache(_CacheTensors):
     """`num_blocks` shared K/V blocks of `block_size` tokens and `num_slots` CCA state rows, per layer.
 
     Which blocks and which state row belong to a sequence is the engine's block manager's business;
@@ -213,16 +223,3 @@ class PagedCache:
         return cls(config.num_hidden_layers, int(num_blocks), block_size, num_slots, config.num_key_value_heads,
                    config.head_dim, config.conv_channels, config.conv_state_width, config.value_state_dim,
                    dtype=dtype, state_dtype=state_dtype, device=device)
-
-    def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.k[layer], self.v[layer]
-
-    def conv_state(self, layer: int) -> torch.Tensor:
-        return self.conv[layer]
-
-    def value_state(self, layer: int) -> torch.Tensor:
-        return self.value[layer]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.conv, self.value))

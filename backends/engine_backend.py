@@ -18,6 +18,7 @@ import os
 import time
 from typing import Any
 
+from ._local_tokenizer import LocalTokenizerMixin
 from .base import (
     BackendUnavailable,
     BaseBackend,
@@ -31,9 +32,11 @@ from .base import (
 __all__ = ["EngineBackend"]
 
 
-class EngineBackend(BaseBackend):
+class EngineBackend(LocalTokenizerMixin, BaseBackend):
     """Serve a ZAYA1 checkpoint directory in process; `engine_options` go to `rsa.backends.zaya1.LLM`
     (dtype, device, max_num_seqs, max_num_batched_tokens, memory_budget, block_size, max_model_len, seed)."""
+
+    _closed_message = "the engine backend is closed"
 
     def __init__(self, model_path: str | os.PathLike[str], **engine_options: Any) -> None:
         from .zaya1.async_engine import AsyncLLM
@@ -47,15 +50,6 @@ class EngineBackend(BaseBackend):
         self.context_length = self.engine.max_model_len
         self._ids = itertools.count()
         self._closed = False
-
-    # -- tokenizer ------------------------------------------------------------------------
-    async def tokenize(self, text: str) -> list[int]:
-        self._check_open()
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    async def detokenize(self, ids: list[int]) -> str:
-        self._check_open()
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     # -- generation -----------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> Generation:
@@ -95,10 +89,6 @@ class EngineBackend(BaseBackend):
         return Generation(content=content, reasoning=reasoning, finish_reason=out.finish_reason,
                           prompt_tokens=out.num_prompt_tokens, completion_tokens=out.num_generated_tokens,
                           latency_s=time.perf_counter() - start, token_ids=out.token_ids)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BackendUnavailable("the engine backend is closed")
 
     async def aclose(self) -> None:
         if not self._closed:

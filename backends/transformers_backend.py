@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._local_tokenizer import LocalTokenizerMixin
 from .base import (
     BackendError,
     BackendUnavailable,
@@ -65,7 +66,7 @@ class _Job:
         return ("seed", id(self)) if r.seed is not None else (r.temperature, r.top_p, r.top_k)
 
 
-class TransformersBackend(BaseBackend):
+class TransformersBackend(LocalTokenizerMixin, BaseBackend):
     """Serve a transformers causal LM (a checkpoint directory / hub id, or a loaded model).
 
     `tokenizer` is required when passing a model object. `max_batch_size` caps the rows of one
@@ -73,6 +74,7 @@ class TransformersBackend(BaseBackend):
     keep in flight, so the next batch is queued while one runs.
     """
 
+    _closed_message = "the transformers backend is closed"
     name = "transformers"
 
     def __init__(
@@ -119,15 +121,6 @@ class TransformersBackend(BaseBackend):
         self._thread = threading.Thread(target=self._serve, args=(seed,), name="transformers-backend", daemon=True)
         self._thread.start()
 
-    # -- tokenizer ------------------------------------------------------------------------
-    async def tokenize(self, text: str) -> list[int]:
-        self._check_open()
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    async def detokenize(self, ids: list[int]) -> str:
-        self._check_open()
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
     # -- generation -----------------------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> Generation:
         self._check_open()
@@ -160,10 +153,6 @@ class TransformersBackend(BaseBackend):
                 + f" does not fit in the context of {ctx} tokens",
                 max_model_len=ctx, prompt_tokens=prompt_tokens, requested_tokens=max_tokens)
         return max_tokens if max_tokens is not None else room
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BackendUnavailable("the transformers backend is closed")
 
     async def aclose(self) -> None:
         if self._closed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import time
@@ -60,9 +61,26 @@ def test_rsa_mcp_stdio_lists_the_tool():
                        "clientInfo": {"name": "t", "version": "0"}}}
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     inited = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    stdin = "\n".join(json.dumps(m) for m in (init, inited, listing)) + "\n"
-    proc = subprocess.run(cli_cmd("mcp", "--backend", BACKEND), env=cli_env(), input=stdin,
-                          capture_output=True, text=True, timeout=60)
-    replies = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]  # stdout is pure protocol
-    tools = next(r for r in replies if r.get("id") == 2)["result"]["tools"]
-    assert [t["name"] for t in tools] == ["solve_math"]
+    proc = subprocess.Popen(cli_cmd("mcp", "--backend", BACKEND), env=cli_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # keep stdin open until the reply: at end of input the server may stop before answering
+        proc.stdin.write("\n".join(json.dumps(m) for m in (init, inited, listing)) + "\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if not ready:
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"mcp server exited: {proc.stderr.read()}")
+            reply = json.loads(line)  # stdout is pure protocol
+            if reply.get("id") == 2:
+                break
+        else:
+            pytest.fail("no tools/list reply within 120 s")
+    finally:
+        proc.stdin.close()
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert [t["name"] for t in reply["result"]["tools"]] == ["solve_math"]

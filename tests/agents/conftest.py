@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "backends"))
 
-from agents_servers import serve  # noqa: E402
+from loopback_server import serve  # noqa: E402
 from fake_vllm import FakeVLLM  # noqa: E402
 
 

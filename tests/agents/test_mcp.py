@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from agents_helpers import make_backend, recorder
-from agents_servers import serve
+from loopback_server import serve
 from mcp import Client, StdioServerParameters
 
 from rsa.mcp_server import build_server

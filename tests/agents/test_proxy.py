@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 from agents_helpers import COMPLETION_TOKENS, PROMPT_TOKENS, make_backend, recorder
-from agents_servers import wait_until
+from loopback_server import wait_until
 from fake_vllm import default_reply, render_chat
 
 from rsa.backends import ScriptedBackend

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 import uuid
 from collections import deque
@@ -35,10 +34,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from loopback_server import serve
 
 FaultKind = Literal["status", "delay", "drop", "stream_error"]
 ContextWording = Literal["v1", "older", "max_model_len", "too_large"]
@@ -105,30 +103,8 @@ class FakeVLLM:
     @contextmanager
     def serve(self) -> Iterator[str]:
         """Serve on a free loopback port in a background thread; yields the base URL (no /v1)."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, http="h11", lifespan="off", log_level="critical", access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 20
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError("fake vLLM server did not start")
-                time.sleep(0.01)
-            assert httpx.get(url + "/health", timeout=5).status_code == 200
+        with serve(self.app, lifespan="off") as url:
             yield url
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
-            sock.close()
 
     # -- the app ---------------------------------------------------------------------------
     def _build_app(self) -> FastAPI:

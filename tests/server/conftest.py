@@ -13,7 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib: helpers are plain modules
 
-from zaya_server_fakes import FakeEngine, save_tiny_checkpoint, serve  # noqa: E402
+from loopback_server import serve  # noqa: E402
+from zaya_server_fakes import FakeEngine, save_tiny_checkpoint  # noqa: E402
 
 from rsa.backends.zaya1.server import create_app  # noqa: E402
 

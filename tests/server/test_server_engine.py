@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 from zaya_server_fakes import sdk
-from zaya_server_fakes import serve, wait_until
+from loopback_server import serve, wait_until
 
 from rsa.backends.zaya1.server import create_app
 

@@ -10,7 +10,8 @@ import httpx
 import openai
 import pytest
 from zaya_server_fakes import sdk
-from zaya_server_fakes import REPLY, default_script, wait_until
+from loopback_server import wait_until
+from zaya_server_fakes import REPLY, default_script
 
 from rsa.backends.base import BackendError, split_think
 from rsa.backends.zaya1.server_protocol import ThinkSplitter

@@ -10,16 +10,10 @@ held back while a stop may still complete). It records aborted request ids.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
 import openai
-import uvicorn
 
 from rsa.backends.base import InvalidRequest
 from rsa.backends.zaya1.engine import EngineMetrics, RequestOutput
@@ -152,40 +146,7 @@ def save_tiny_checkpoint(path: str, max_len: int = 192) -> None:
     tok.save_pretrained(path)
 
 
-# ---- serving --------------------------------------------------------------------------------------
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Serve an ASGI app (lifespan on) on a free loopback port in a thread; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http="h11", lifespan="on", log_level="critical", access_log=False,
-                            timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("test server did not start")
-            time.sleep(0.01)
-        assert httpx.get(url + "/health", timeout=5).status_code == 200
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-def wait_until(predicate: Callable[[], bool], seconds: float = 20.0) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+# ---- serving: the shared loopback helpers --------------------------------------------------
 
 
 def sdk(url: str, api_key: str = "none", async_: bool = False) -> Any:

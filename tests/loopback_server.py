@@ -1,4 +1,5 @@
-"""Test plumbing: serve an ASGI app on loopback in a thread, and wait on cross-thread conditions."""
+"""Test plumbing shared by every folder: serve an ASGI app on loopback in a thread (a real
+uvicorn server on a free port), and wait on conditions another thread or process makes true."""
 
 from __future__ import annotations
 
@@ -14,23 +15,23 @@ import uvicorn
 
 
 @contextmanager
-def serve(app: Any, health: str = "/health") -> Iterator[str]:
-    """Serve an ASGI app on a free loopback port in a thread; yields the base URL."""
+def serve(app: Any, *, health: str | None = "/health", lifespan: str = "on", start_s: float = 30.0) -> Iterator[str]:
+    """Serve `app` on a free 127.0.0.1 port in a daemon thread; yields the base URL. Waits until
+    the server started (and `health` answers 200, unless None); stops it on exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, http="h11", lifespan="on", log_level="critical", access_log=False,
+    config = uvicorn.Config(app, http="h11", lifespan=lifespan, log_level="critical", access_log=False,
                             timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + start_s
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("test server did not start")
+                raise RuntimeError(f"test server for {app!r} did not start")
             time.sleep(0.01)
         if health:
             assert httpx.get(url + health, timeout=5).status_code == 200
@@ -41,8 +42,8 @@ def serve(app: Any, health: str = "/health") -> Iterator[str]:
         sock.close()
 
 
-def wait_until(predicate: Callable[[], bool], seconds: float = 15.0) -> bool:
-    """Poll a condition that another thread or process makes true; False if it never does."""
+def wait_until(predicate: Callable[[], bool], seconds: float = 20.0) -> bool:
+    """Poll `predicate` every 10 ms; True as soon as it holds, False if it never does in time."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if predicate():

@@ -5,14 +5,17 @@
 
 Problems: `rsa.problems.synthetic.make("arith", N, seed=2026)` (training used seed 1). Each is
 solved by `rsa.asolve` with the model's preset (`rsa_preset.json`: population, K, rounds,
-tail_tokens, max_tokens, temperature 1.0) over one `TransformersBackend`; all problems run
-concurrently so the backend batches rollouts of many problems into each `generate` call.
+tail_tokens, max_tokens, temperature 1.0) over one backend, `TransformersBackend` (batched
+`generate`, the default, which produced the model card's figures) or the embedded engine
+(`--backend engine`, continuous batching); all problems run concurrently so rollouts of many
+problems share each step.
 
 Reported per stage: mean accuracy (the expected accuracy of one random member; failed
 rollouts count as wrong), majority-vote accuracy and pass@N of the population; then the
 accuracy of the solve's final answer (majority of the last stage). The RSA config has no seed
-(a seed would make the backend run every request alone); the backend's torch RNG is seeded,
-so reruns agree up to how requests happened to share batches.
+(a seed would make the transformers backend run every request alone); the transformers
+backend's torch RNG is seeded, so its reruns agree up to how requests happened to share
+batches; the engine's rollouts are not seeded.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 import torch
 
 import rsa
-from rsa.backends import TransformersBackend
+from rsa.backends import EngineBackend, TransformersBackend
 from rsa.problems import grade
 from rsa.problems.synthetic import make
 
@@ -43,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", type=Path, default=NANO)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--seed", type=int, default=EVAL_SEED, help="problem set seed (not a training seed)")
-    ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument("--backend", choices=["transformers", "engine"], default="transformers",
+                    help="transformers (batched generate; the model card's figures) or the embedded engine")
+    ap.add_argument("--max-batch-size", type=int, default=64, help="transformers batch size / engine max_num_seqs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override preset fields")
     ap.add_argument("--out", type=Path, default=None, help="write per-problem results (JSON)")
@@ -61,7 +66,10 @@ async def run(args: argparse.Namespace) -> dict:
         field, value = item.split("=", 1)
         preset[field] = json.loads(value)
     problems = make("arith", args.n, args.seed)
-    backend = TransformersBackend(args.model, max_batch_size=args.max_batch_size, seed=0)
+    if args.backend == "engine":
+        backend = EngineBackend(str(args.model), max_num_seqs=args.max_batch_size)
+    else:
+        backend = TransformersBackend(args.model, max_batch_size=args.max_batch_size, seed=0)
     t0 = time.time()
     done = 0
 
@@ -88,7 +96,7 @@ async def run(args: argparse.Namespace) -> dict:
                          majority=s.majority, majority_correct=correct(s.majority, p.answer),
                          finish=[c.finish_reason for c in s.candidates],
                          tokens=s.completion_tokens) for s in r.stages]))
-    return dict(preset=preset, n=len(problems), seed=args.seed, wall_s=round(wall, 1), rows=rows,
+    return dict(preset=preset, n=len(problems), seed=args.seed, backend=args.backend, wall_s=round(wall, 1), rows=rows,
                 summary=summarise(rows))
 
 
@@ -129,7 +137,7 @@ def table(report: dict) -> str:
             + " | ".join(f"{100 * st['by_form'][f]:.1f}" for f in forms) + " |")
     lines.append(f"\nFinal answer (majority of the last stage): **{100 * s['final']:.1f}%** "
                  f"on {report['n']} problems (seed {report['seed']}); preset {json.dumps(report['preset'])}; "
-                 f"{report['wall_s']:.0f} s wall on CPU.")
+                 f"{report['wall_s']:.0f} s wall on CPU ({report.get('backend', 'transformers')} backend).")
     return "\n".join(lines)
 
 

@@ -26,6 +26,9 @@ Aggregation examples are built exactly the way the controller builds them: the r
 `render_aggregate` over candidate tails cut with the model's own tokenizer (last
 `tail_tokens` ids, decoded, with `TRUNCATION_MARKER` when cut). Their target first lists the
 candidates' answers (`answers 5458 5358 5458 5458`), then solves the problem again.
+`pick_output` / `pick_example` build the targets of the experimental checking aggregator
+(`train_nano.py --aggregator pick`): check each candidate's visible lines, keep the plurality of
+the candidates that pass, solve again only when none does.
 
 Not covered: anything beyond this task family; the model is a demonstration, not a
 calculator.
@@ -58,6 +61,9 @@ __all__ = [
     "make_example",
     "own_example",
     "parse_problem",
+    "pick_example",
+    "pick_output",
+    "visible_slip",
     "solve_trace",
     "tokenizer_corpus",
     "wrong_trace",
@@ -347,11 +353,113 @@ def own_example(record: dict, rng: random.Random, tokenizer, tail_tokens: int, k
     return Example(prompt, target, "aggregate")
 
 
+# ---------------------------------------------------------------------------------------------
+# The checking aggregator: verify each candidate's visible lines, keep the plurality of the rest
+# ---------------------------------------------------------------------------------------------
+_SUM_LINE = re.compile(r"(\d(?:\+\d){2,3})=(\d) c(\d+)")
+_SUB_LINE = re.compile(r"(\d)-(\d)-(\d)=(\d) c(\d+)")
+_MUL_LINE = re.compile(r"(\d)\*(\d)\+(\d)=(\d) c(\d+)")
+
+
+def _line_ok(line: str) -> bool | None:
+    """Whether one column line of a scratchpad is right (None: not a column line)."""
+    if m := _SUM_LINE.fullmatch(line):
+        total = sum(int(d) for d in m.group(1).split("+"))
+        return int(m.group(2)) == total % 10 and int(m.group(3)) == total // 10
+    if m := _SUB_LINE.fullmatch(line):
+        a, b, c, d, nxt = map(int, m.groups())
+        total = a - b - c
+        return d == total % 10 and nxt == int(total < 0)
+    if m := _MUL_LINE.fullmatch(line):
+        x, b, c, d, nxt = map(int, m.groups())
+        total = x * b + c
+        return d == total % 10 and nxt == total // 10
+    return None
+
+
+def _visible_lines(tail: str) -> list[str]:
+    """The complete lines of a tail's scratchpad: no truncation marker, no first line when the
+    tail was cut (it may start mid-line), nothing before an aggregator's `pick` line (the
+    lines after it are the copied scratchpad), nothing from `</think>` on."""
+    lines = tail.split("\n")
+    if lines and lines[0] == TRUNCATION_MARKER:
+        lines = lines[2:]
+    picks = [i for i, ln in enumerate(lines) if ln.startswith("pick ")]
+    if picks:
+        lines = lines[picks[-1] + 1:]
+    if THINK_CLOSE in lines:
+        lines = lines[:lines.index(THINK_CLOSE)]
+    return [ln for ln in lines if ln and ln != THINK_OPEN]
+
+
+def visible_slip(tail: str) -> bool:
+    """True when a complete column line visible in the tail is wrong (the slip a checker sees)."""
+    return any(_line_ok(ln) is False for ln in _visible_lines(tail))
+
+
+def _checked_lines(tail: str) -> tuple[str, bool]:
+    """The visible column lines of a tail, each followed by ` ok` or ` no` (whether it is
+    right), and whether any is wrong."""
+    verdicts = [(ln, _line_ok(ln)) for ln in _visible_lines(tail)]
+    checked = [(ln, ok) for ln, ok in verdicts if ok is not None]
+    return "".join(f"{ln} {'ok' if ok else 'no'}\n" for ln, ok in checked), any(not ok for _, ok in checked)
+
+
+def pick_output(problem: str, tails: list[str], resolve_trace: str) -> str:
+    """The checking aggregator's answer over candidate tails, a deterministic function of the
+    tails. For each candidate in turn: its visible column lines copied, each marked ` ok` or
+    ` no` (recomputed from its operands), then `ANSWER ok` or `ANSWER no` (`no` when a line is
+    wrong or there is no boxed answer). Then `pick X` for the plurality answer X of the `ok`
+    candidates (first seen wins a tie), a copy of that candidate's visible scratchpad lines and
+    `\\boxed{X}`; or, when no candidate passes, `solve` and a fresh trace (`resolve_trace`, the
+    correct trace in training)."""
+    head, passing, first_pass = [], [], {}
+    for i, tail in enumerate(tails):
+        found = _BOXED.findall(tail)
+        answer = found[-1] if found else None
+        lines, slipped = _checked_lines(tail)
+        ok = answer is not None and not slipped
+        head.append(f"{lines}{answer or '?'} {'ok' if ok else 'no'}\n")
+        if ok:
+            passing.append(answer)
+            first_pass.setdefault(answer, i)
+    if not passing:
+        body = resolve_trace.split(f"{THINK_OPEN}\n", 1)[-1]
+        return f"{THINK_OPEN}\n{''.join(head)}solve\n{body}"
+    best = max(passing.count(a) for a in passing)
+    choice = next(a for a in passing if passing.count(a) == best)
+    lines = _visible_lines(tails[first_pass[choice]])
+    return f"{THINK_OPEN}\n{''.join(head)}pick {choice}\n" + "".join(f"{ln}\n" for ln in lines) + \
+        f"{THINK_CLOSE}\n\n\\boxed{{{choice}}}"
+
+
+def pick_example(problem: str, pool: list[str], rng: random.Random, tokenizer, tail_tokens: int,
+                 p_second_round: float = 0.5) -> Example:
+    """An aggregation example for the checking aggregator. `pool` holds first-round traces of
+    the problem (the model's own rollouts or synthetic right and slipped traces). With
+    probability `p_second_round` the candidates are second-round outputs instead: the
+    aggregator's own answers over random subsets of the pool (re-solves drawn from the pool),
+    so the second aggregation round sees the candidates it will really see."""
+    k = 4 if rng.random() < 0.9 else rng.randint(1, 3)
+    if rng.random() < p_second_round:
+        pool = [pick_output(problem, [cut_tail(tokenizer, t, tail_tokens) for t in rng.sample(pool, min(4, len(pool)))],
+                            rng.choice(pool)) for _ in range(8)]
+    cands = [rng.choice(pool) for _ in range(k)] if len(pool) < k else rng.sample(pool, k)
+    tails = [cut_tail(tokenizer, t, tail_tokens) for t in cands]
+    prompt = render_aggregate(AGGREGATE_TEMPLATE, REFINE_TEMPLATE, problem, tails)
+    return Example(prompt, pick_output(problem, tails, solve_trace(problem)), "aggregate")
+
+
+def synthetic_pool(problem: str, rng: random.Random, n: int = 8) -> list[str]:
+    """First-round traces of a problem: each right with one shared probability drawn per problem,
+    otherwise one realistic slip."""
+    p_right = rng.uniform(0.1, 0.9)
+    return [solve_trace(problem) if rng.random() < p_right else wrong_trace(problem, rng) for _ in range(n)]
+
+
 def tokenizer_corpus(problems: list[str], rng: random.Random, n: int) -> list[str]:
     """Texts to train the BPE on: solve prompts, aggregation prompts with whole traces as
     candidates (so no tokenizer is needed yet), and traces, all in chat format."""
-    from rsa.prompts import format_candidates  # noqa: F401 - the same blocks as render_aggregate
-
     out = []
     for i in range(n):
         p = problems[i % len(problems)]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -50,7 +49,6 @@ async def run(args) -> None:
                             correct=c.answer is not None and grade(c.answer, p.answer, extract=False))
                        for c in s.candidates] for s in r.stages]
             f.write(json.dumps(dict(problem=p.problem, gold=p.answer, stages=stages)) + "\n")
-    acc = [sum(c["correct"] for c in s) / len(s) for s in (stg for r2 in [] for stg in r2)]  # noqa: F841
     print(f"wrote {args.out} in {time.time() - t0:.0f}s", flush=True)
 
 

@@ -17,6 +17,17 @@ aggregate prompt over K candidate tails, some right and some with realistic slip
 `answers ...` line + correct trace). Loss is on the assistant tokens only. Everything is
 seeded; on the same machine and thread count a run is reproducible.
 
+Experimental: `--aggregator pick` (with `--own-rollouts` and `--decision-weight`) trains a
+checking aggregator instead (see `nano_data.pick_output`): each candidate's visible column lines
+copied and marked ` ok`/` no`, a verdict per candidate, the plurality of the passing answers.
+Fine-tuned from the shipped checkpoint it learned the verdicts but not yet reliable line marks,
+and its ~270-token outputs drift when sampled at temperature 1.0: in 200-problem evaluations
+aggregation lowered accuracy (stage 0 55.2%, stage 1 30.6%, stage 2 17.8%), so it is not shipped.
+
+    python examples/train_nano.py --init-from backends/zaya1/nano --aggregator pick \
+        --own-rollouts R1 R2 R3 --tail-tokens 56 --max-tokens 384 --p-aggregate 0.6 \
+        --decision-weight 10 --lr 5e-4 --out DIR
+
 Writes to --out: config.json, model.safetensors, generation_config.json, tokenizer files,
 rsa_preset.json and train_log.json (the loss curve), refreshed at every --save-every steps.
 """
@@ -27,6 +38,7 @@ import argparse
 import json
 import math
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,7 +46,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nano_data import END, PAD, build_tokenizer, make_example, own_example, solve_trace, tokenizer_corpus  # noqa: E402
+from nano_data import (  # noqa: E402
+    END, PAD, build_tokenizer, make_example, own_example, pick_example, solve_trace, synthetic_pool, tokenizer_corpus,
+)
 
 from rsa.problems import extract_answer  # noqa: E402
 from rsa.prompts import SOLVE_TEMPLATE, render_solve  # noqa: E402
@@ -54,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tail-tokens", type=int, default=40, help="tau of the preset; tails in training are cut to it")
     ap.add_argument("--p-aggregate", type=float, default=0.5)
+    ap.add_argument("--max-tokens", type=int, default=256,
+                    help="max_tokens of the written preset (--aggregator pick writes about 270 tokens: use 384)")
     ap.add_argument("--vocab-size", type=int, default=640)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
@@ -70,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "examples are then drawn from them (on-policy tails, `pick` targets), not synthesised")
     ap.add_argument("--own-answer-pick", action="store_true",
                     help="with --own-rollouts: after `pick X` answer X at once instead of solving again")
+    ap.add_argument("--aggregator", choices=["resolve", "pick"], default="resolve",
+                    help="aggregation targets: `resolve` (list the answers, solve again) or `pick` (check each "
+                         "candidate's visible lines, keep the plurality of those that pass and copy its lines; "
+                         "solve again only when none passes); `pick` draws candidates from --own-rollouts "
+                         "(half the time, when given) and from synthetic pools")
+    ap.add_argument("--decision-weight", type=float, default=1.0,
+                    help="loss weight of the first token of each ` ok` / ` no` decision (checking aggregator)")
     ap.add_argument("--tiny", action="store_true", help="smoke mode: a few steps of a smaller model")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -93,12 +116,20 @@ def model_config(args: argparse.Namespace, tok):
     )
 
 
-def encode(tok, example) -> tuple[list[int], list[int]]:
-    """(input ids, labels) of one example: chat prompt (masked) + trace + end-of-turn."""
+_DECISION = re.compile(r" (?:ok|no)\n")
+
+
+def encode(tok, example, decision_weight: float = 1.0) -> tuple[list[int], list[int], list[float]]:
+    """(input ids, labels, loss weights) of one example: chat prompt (masked) + trace +
+    end-of-turn. The first token of each ` ok` / ` no` decision of a checking aggregation
+    weighs `decision_weight` (a rare, one-token decision among many copied tokens)."""
     prompt = tok.apply_chat_template([{"role": "user", "content": example.prompt}],
                                      add_generation_prompt=True, tokenize=True, return_dict=False)
-    target = tok.encode(example.target, add_special_tokens=False) + [tok.eos_token_id]
-    return prompt + target, [-100] * len(prompt) + target
+    enc = tok(example.target, add_special_tokens=False, return_offsets_mapping=True)
+    decisions = {m.start() for m in _DECISION.finditer(example.target)}
+    weights = [decision_weight if start in decisions else 1.0 for start, _ in enc["offset_mapping"]] + [1.0]
+    target = enc["input_ids"] + [tok.eos_token_id]
+    return prompt + target, [-100] * len(prompt) + target, [0.0] * len(prompt) + weights
 
 
 def batches(args, tok, rng: random.Random):
@@ -110,7 +141,9 @@ def batches(args, tok, rng: random.Random):
     while True:
         problems = make("arith", index + pool_size, TRAIN_SEED)[index:]
         index += pool_size
-        if own:  # aggregation on the model's own candidates, solve examples on fresh problems
+        if args.aggregator == "pick":
+            pool = [solve_or_pick(p.problem, own, rng, tok, args) for p in problems]
+        elif own:  # aggregation on the model's own candidates, solve examples on fresh problems
             pool = [own_example(rng.choice(own), rng, tok, args.tail_tokens,
                                    answer_pick=args.own_answer_pick) if rng.random() < args.p_aggregate
                     else make_example(p.problem, rng, tok, args.tail_tokens, 0.0) for p in problems]
@@ -120,19 +153,41 @@ def batches(args, tok, rng: random.Random):
         chunks = [pool[i:i + args.batch_size] for i in range(0, pool_size, args.batch_size)]
         rng.shuffle(chunks)
         for chunk in chunks:
-            yield collate([encode(tok, e) for e in chunk], tok.pad_token_id), chunk
+            yield collate([encode(tok, e, args.decision_weight) for e in chunk], tok.pad_token_id), chunk
 
 
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def solve_or_pick(problem: str, own: list[dict], rng: random.Random, tok, args):
+    """A solve example, or (probability --p-aggregate) a checking-aggregator example over the
+    model's own first-round traces of a training problem (half the time, when there are any)
+    or over a synthetic pool of right and slipped traces of `problem`."""
+    if rng.random() >= args.p_aggregate:
+        return make_example(problem, rng, tok, args.tail_tokens, 0.0)
+    if own and rng.random() < 0.5:
+        record = rng.choice(own)
+        traces = [c["trace"] for stage in record["stages"] for c in stage]
+        return pick_example(record["problem"], traces, rng, tok, args.tail_tokens)
+    return pick_example(problem, synthetic_pool(problem, rng), rng, tok, args.tail_tokens)
+
+
+def collate(rows: list[tuple[list[int], list[int], list[float]]], pad_id: int) -> tuple[torch.Tensor, ...]:
     # right padding, no attention mask: the model is causal (attention and CCA convolutions),
     # so pads after a sequence cannot change its logits
-    width = max(len(ids) for ids, _ in rows)
+    width = max(len(ids) for ids, _, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
+    weights = torch.zeros(len(rows), width)
+    for i, (x, y, w) in enumerate(rows):
         ids[i, :len(x)] = torch.tensor(x)
         labels[i, :len(y)] = torch.tensor(y)
-    return ids, labels
+        weights[i, :len(w)] = torch.tensor(w)
+    return ids, labels, weights
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross entropy, each target token weighted, averaged over the target tokens."""
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                           ignore_index=-100, reduction="none")
+    return (ce * weights[:, 1:].flatten()).sum() / (labels[:, 1:] != -100).sum().clamp_min(1)
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
@@ -177,10 +232,10 @@ def save(model, tok, args, log: dict) -> None:
     (args.out / "chat_template.jinja").unlink(missing_ok=True)
     GenerationConfig(
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=True,
-        temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=256,
+        temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.max_tokens,
     ).save_pretrained(args.out)
     preset = dict(population=8, aggregation_size=4, rounds=2, tail_tokens=args.tail_tokens,
-                  max_tokens=256, temperature=1.0, top_p=1.0)
+                  max_tokens=args.max_tokens, temperature=1.0, top_p=1.0)
     (args.out / "rsa_preset.json").write_text(json.dumps(preset, indent=2) + "\n")
     (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     write_card(args.out, log, preset)
@@ -328,10 +383,10 @@ def main(argv: list[str] | None = None) -> None:
     tokens = 0
     data = batches(args, tok, rng)
     for step in range(args.steps):
-        (ids, labels), chunk = next(data)
+        (ids, labels, weights), chunk = next(data)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = weighted_loss(model(input_ids=ids).logits, labels, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

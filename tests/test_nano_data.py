@@ -1,0 +1,93 @@
+"""The ZAYA1-nano training data: scratchpad traces and the checking aggregator's targets
+(`examples/nano_data.py`), which decide what the shipped model learned to do with candidates."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import nano_data  # noqa: E402
+
+from rsa.prompts import TRUNCATION_MARKER  # noqa: E402
+from rsa.problems import extract_answer  # noqa: E402
+
+NANO = Path(__file__).resolve().parents[1] / "backends/zaya1/nano"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(NANO)
+
+
+def test_solve_traces_reach_the_gold_answer():
+    from rsa.problems.synthetic import make
+
+    for p in make("arith", 200, 5):
+        trace = nano_data.solve_trace(p.problem)
+        assert extract_answer(trace) == p.answer, (p.problem, trace)
+        assert not nano_data.visible_slip(trace)
+
+
+def test_visible_slip_flags_a_wrong_column_line_only():
+    right = "<think>\n0345+0078\n5+8+0=3 c1\n4+7+1=2 c1\n3+0+1=4 c0\n0+0+0=0 c0\n=00423\n</think>\n\n\\boxed{423}"
+    assert not nano_data.visible_slip(right)
+    assert nano_data.visible_slip(right.replace("4+7+1=2 c1", "4+7+1=3 c1"))  # wrong digit
+    assert nano_data.visible_slip(right.replace("4+7+1=2 c1", "4+7+1=2 c0"))  # dropped carry
+    assert nano_data.visible_slip("<think>\n1-0-1=9 c1\n</think>")  # 1-0-1 = 0, no borrow
+    assert not nano_data.visible_slip("<think>\n7*8+3=9 c5\n</think>")  # 7 * 8 + 3 = 59
+    assert nano_data.visible_slip("<think>\n7*8+3=8 c5\n</think>")
+    # the first line of a cut tail may start mid-line: never judged
+    assert not nano_data.visible_slip(f"{TRUNCATION_MARKER}\n+7+1=9 c0\n3+0+1=4 c0\n</think>")
+
+
+def test_pick_output_keeps_the_plurality_of_the_candidates_that_pass(tokenizer):
+    problem = "What is 1024 - 89?"
+    right = nano_data.solve_trace(problem)
+    slipped = right.replace("1-0-1=0 c0\n=0935", "1-0-1=9 c1\n=9935").replace("{935}", "{9935}")
+    unseen = right.replace("{935}", "{1935}")  # wrong answer, no wrong line in view
+    tails = [nano_data.cut_tail(tokenizer, t, 56) for t in (slipped, unseen, right, right)]
+    out = nano_data.pick_output(problem, tails, resolve_trace="unused")
+    verdicts = [ln for ln in out.split("\n") if ln.split(" ")[0].isdigit() and ln.endswith((" ok", " no"))]
+    assert verdicts == ["9935 no", "1935 ok", "935 ok", "935 ok"]
+    assert "1-0-1=9 c1 no\n9935 no\n" in out and "1-0-1=0 c0 ok\n935 ok\n" in out  # lines checked one by one
+    pick, copied = out.split("pick ", 1)[1].split("\n", 1)
+    assert pick == "935" and copied.startswith("4-9-0=5 c1\n") and copied.endswith("</think>\n\n\\boxed{935}")
+    # every candidate fails: solve again with the given trace
+    out = nano_data.pick_output(problem, [tails[0], "no answer here"], resolve_trace=right)
+    assert "9935 no\n? no\nsolve\n" in out and extract_answer(out) == "935"
+
+
+def test_pick_example_second_round_candidates_are_aggregator_outputs(tokenizer):
+    rng = random.Random(0)
+    problem = "What is 345 * 78?"
+    pool = nano_data.synthetic_pool(problem, rng)
+    example = nano_data.pick_example(problem, pool, rng, tokenizer, 56, p_second_round=1.0)
+    assert example.kind == "aggregate" and "--- Candidate" in example.prompt
+    assert example.target.startswith("<think>\n") and extract_answer(example.target) is not None
+    first = nano_data.pick_example(problem, pool, rng, tokenizer, 56, p_second_round=0.0)
+    assert TRUNCATION_MARKER in first.prompt  # traces are longer than the tail: every candidate is cut
+
+
+@pytest.mark.parametrize("aggregator", ["resolve", "pick"])
+def test_train_nano_tiny_run_writes_a_loadable_checkpoint(tmp_path, aggregator):
+    """`examples/train_nano.py --tiny` (a few steps of a smaller model) for both aggregation
+    targets: the script runs end to end and writes a checkpoint transformers loads."""
+    import json
+    import subprocess
+
+    from transformers import ZayaForCausalLM
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "train_nano.py"
+    proc = subprocess.run([sys.executable, str(script), "--tiny", "--aggregator", aggregator, "--out", str(tmp_path),
+                           "--decision-weight", "5"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["steps_done"] == 6 and all(r["loss"] == r["loss"] for r in log["curve"])  # finite, not NaN
+    assert ZayaForCausalLM.from_pretrained(tmp_path).config.model_type == "zaya"

@@ -410,8 +410,8 @@ def pick_output(problem: str, tails: list[str], resolve_trace: str) -> str:
     tails. For each candidate in turn: its visible column lines copied, each marked ` ok` or
     ` no` (recomputed from its operands), then `ANSWER ok` or `ANSWER no` (`no` when a line is
     wrong or there is no boxed answer). Then `pick X` for the plurality answer X of the `ok`
-    candidates (first seen wins a tie), a copy of that candidate's visible scratchpad lines and
-    `\\boxed{X}`; or, when no candidate passes, `solve` and a fresh trace (`resolve_trace`, the
+    candidates (first seen wins a tie) and `\\boxed{X}` at once (copying X's scratchpad lines
+    first was tried: sampled at temperature 1.0 the copies drift and the answer with them); or, when no candidate passes, `solve` and a fresh trace (`resolve_trace`, the
     correct trace in training)."""
     head, passing, first_pass = [], [], {}
     for i, tail in enumerate(tails):
@@ -428,9 +428,7 @@ def pick_output(problem: str, tails: list[str], resolve_trace: str) -> str:
         return f"{THINK_OPEN}\n{''.join(head)}solve\n{body}"
     best = max(passing.count(a) for a in passing)
     choice = next(a for a in passing if passing.count(a) == best)
-    lines = _visible_lines(tails[first_pass[choice]])
-    return f"{THINK_OPEN}\n{''.join(head)}pick {choice}\n" + "".join(f"{ln}\n" for ln in lines) + \
-        f"{THINK_CLOSE}\n\n\\boxed{{{choice}}}"
+    return f"{THINK_OPEN}\n{''.join(head)}pick {choice}\n{THINK_CLOSE}\n\n\\boxed{{{choice}}}"
 
 
 def pick_example(problem: str, pool: list[str], rng: random.Random, tokenizer, tail_tokens: int,

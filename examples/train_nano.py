@@ -21,8 +21,9 @@ Experimental: `--aggregator pick` (with `--own-rollouts` and `--decision-weight`
 checking aggregator instead (see `nano_data.pick_output`): each candidate's visible column lines
 copied and marked ` ok`/` no`, a verdict per candidate, the plurality of the passing answers.
 Fine-tuned from the shipped checkpoint it learned the verdicts but not yet reliable line marks,
-and its ~270-token outputs drift when sampled at temperature 1.0: in 200-problem evaluations
-aggregation lowered accuracy (stage 0 55.2%, stage 1 30.6%, stage 2 17.8%), so it is not shipped.
+and its ~220-token outputs drift when sampled at temperature 1.0: in 200-problem evaluations
+aggregation still lowered accuracy (stage means 54.8 / 48.9 / 48.4; 55.2 / 30.6 / 17.8 while
+the target also copied the picked candidate's lines), so it is not shipped.
 
     python examples/train_nano.py --init-from backends/zaya1/nano --aggregator pick \
         --own-rollouts R1 R2 R3 --tail-tokens 56 --max-tokens 384 --p-aggregate 0.6 \

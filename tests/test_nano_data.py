@@ -57,8 +57,7 @@ def test_pick_output_keeps_the_plurality_of_the_candidates_that_pass(tokenizer):
     verdicts = [ln for ln in out.split("\n") if ln.split(" ")[0].isdigit() and ln.endswith((" ok", " no"))]
     assert verdicts == ["9935 no", "1935 ok", "935 ok", "935 ok"]
     assert "1-0-1=9 c1 no\n9935 no\n" in out and "1-0-1=0 c0 ok\n935 ok\n" in out  # lines checked one by one
-    pick, copied = out.split("pick ", 1)[1].split("\n", 1)
-    assert pick == "935" and copied.startswith("4-9-0=5 c1\n") and copied.endswith("</think>\n\n\\boxed{935}")
+    assert out.endswith("935 ok\npick 935\n</think>\n\n\\boxed{935}")
     # every candidate fails: solve again with the given trace
     out = nano_data.pick_output(problem, [tails[0], "no answer here"], resolve_trace=right)
     assert "9935 no\n? no\nsolve\n" in out and extract_answer(out) == "935"

@@ -10,27 +10,18 @@ from __future__ import annotations
 import types
 
 import pytest
+import tiny_zaya
 import torch
 import transformers
 
 torch.set_num_threads(1)  # tiny ops; the CPU is shared
 
-SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>", "<think>", "</think>"]
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")
 
 
 def char_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIALS + chars)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    core.decoder = decoders.Fuse()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>",
-                                               eos_token="</s>", pad_token="<pad>", additional_special_tokens=SPECIALS[4:])
-    tok.chat_template = TEMPLATE
-    return tok
+    return tiny_zaya.char_tokenizer(TEMPLATE)
 
 
 def make_hf(vocab: int, seed: int = 0, **overrides) -> transformers.ZayaForCausalLM:
@@ -39,18 +30,7 @@ def make_hf(vocab: int, seed: int = 0, **overrides) -> transformers.ZayaForCausa
               num_experts=4, router_hidden_size=16, moe_intermediate_size=64, max_position_embeddings=4096)
     cfg = transformers.ZayaConfig(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=3, **(kw | overrides))
     hf = transformers.ZayaForCausalLM(cfg).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for _, p in hf.named_parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-        hf.model.embed_tokens.weight.mul_(5.0)
-        for layer in hf.model.layers:
-            layer.self_attn.qk_norm.temp.copy_(0.5 + torch.rand(cfg.num_key_value_heads, generator=g))
-            mlp, width = layer.mlp.gate.router_mlp, cfg.router_hidden_size
-            for lin, gain in ((mlp.fc1, 2.0), (mlp.fc2, 2.0), (mlp.out_proj, 3.0)):
-                lin.weight.copy_(gain * width**-0.5 * torch.randn(lin.weight.shape, generator=g))
-            layer.mlp.gate.balancing_biases.add_(0.05 * torch.randn(cfg.num_experts + 1, generator=g))
+    tiny_zaya.perturb(hf, seed)
     return hf
 
 

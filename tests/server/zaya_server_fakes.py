@@ -112,7 +112,6 @@ class FakeEngine:
 
 
 # ---- a tiny real checkpoint ---------------------------------------------------------------------
-SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>", "<think>", "</think>"]
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is not defined or enable_thinking %}"
             "<think>\n{% endif %}{% endif %}")
@@ -122,26 +121,16 @@ def save_tiny_checkpoint(path: str, max_len: int = 192) -> None:
     """A random 2-layer ZAYA with a character tokenizer and a chat template that opens `<think>`."""
     import torch
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tiny_zaya import char_tokenizer, perturb
 
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    core = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIALS + chars)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    core.decoder = decoders.Fuse()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>",
-                                               eos_token="</s>", pad_token="<pad>", additional_special_tokens=SPECIALS[4:])
-    tok.chat_template = TEMPLATE
+    tok = char_tokenizer(TEMPLATE)
     torch.manual_seed(0)
     cfg = transformers.ZayaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                   num_key_value_heads=2, head_dim=16, num_experts=4, router_hidden_size=16,
                                   moe_intermediate_size=64, max_position_embeddings=max_len, bos_token_id=1,
                                   eos_token_id=2, pad_token_id=3)
     hf = transformers.ZayaForCausalLM(cfg).eval()
-    with torch.no_grad():  # break the symmetry of a fresh model so outputs depend on the prompt
-        for p in hf.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn(p.shape))
-        hf.model.embed_tokens.weight.mul_(5.0)
+    perturb(hf, seed=0)  # break the symmetry of a fresh model so outputs depend on the prompt
     hf.save_pretrained(path)
     tok.save_pretrained(path)
 

@@ -9,9 +9,10 @@ temperatures to 0.5..1.5, sharpens the routers so the chosen expert varies by to
 
 from __future__ import annotations
 
+import pytest
 import torch
 import transformers
-import pytest
+from tiny_zaya import perturb
 
 torch.set_num_threads(1)  # tiny ops; avoids oversubscribing the shared cores
 
@@ -37,21 +38,7 @@ def make_hf(seed: int = 0, skip_bias: float | None = None, **overrides) -> trans
     torch.manual_seed(seed)
     cfg = transformers.ZayaConfig(vocab_size=VOCAB, bos_token_id=2, eos_token_id=1, pad_token_id=0, **overrides)
     hf = transformers.ZayaForCausalLM(cfg).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for _, p in hf.named_parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-        hf.model.embed_tokens.weight.mul_(5.0)
-        for layer in hf.model.layers:
-            layer.self_attn.qk_norm.temp.copy_(0.5 + torch.rand(cfg.num_key_value_heads, generator=g))
-            router = layer.mlp.gate
-            mlp, width = router.router_mlp, cfg.router_hidden_size
-            for lin, gain in ((mlp.fc1, 2.0), (mlp.fc2, 2.0), (mlp.out_proj, 3.0)):  # O(1) router logits
-                lin.weight.copy_(gain * width**-0.5 * torch.randn(lin.weight.shape, generator=g))
-            router.balancing_biases.add_(0.05 * torch.randn(cfg.num_experts + 1, generator=g))
-            if skip_bias is not None:
-                router.balancing_biases[-1] = skip_bias
+    perturb(hf, seed, skip_bias)
     return hf
 
 

@@ -125,6 +125,18 @@ class _Pad:
     def fires(self, kind: str) -> bool:
         return self.fault is not None and self.fault.kind == kind and self.fault.at == self.step
 
+    def column_line(self, lhs: str, digit: int, nxt: int, out: list[int]) -> int:
+        """Write `lhs=digit cNEXT` (a digit or carry fault fires here when due), append the digit
+        to `out`, count the step; returns the carry the next column uses."""
+        if self.fires("digit"):
+            digit = _wrong(self.fault.value, digit)
+        if self.fires("carry"):
+            nxt = nxt - 1 if nxt > 0 else nxt + 1
+        self.lines.append(f"{lhs}={digit} c{nxt}")
+        out.append(digit)
+        self.step += 1
+        return nxt
+
 
 def _columns(pad: _Pad, rows: list[list[int]], op: str) -> list[int]:
     """Column-wise add (op '+') or subtract (op '-') digit rows of equal width; returns the
@@ -141,14 +153,7 @@ def _columns(pad: _Pad, rows: list[list[int]], op: str) -> list[int]:
         else:
             total = col[0] - col[1] - carry
             digit, nxt = total % 10, int(total < 0)
-        if pad.fires("digit"):
-            digit = _wrong(pad.fault.value, digit)
-        if pad.fires("carry"):
-            nxt = nxt - 1 if nxt > 0 else nxt + 1
-        pad.lines.append(f"{op.join(str(d) for d in col)}{op}{carry}={digit} c{nxt}")
-        out.append(digit)
-        carry = nxt
-        pad.step += 1
+        carry = pad.column_line(f"{op.join(str(d) for d in col)}{op}{carry}", digit, nxt, out)
     out.reverse()
     return [carry] + out if op == "+" else out
 
@@ -161,14 +166,7 @@ def _mul_row(pad: _Pad, a: list[int], b: int) -> list[int]:
             x = _wrong(pad.fault.value, x)
         total = x * b + carry
         digit, nxt = total % 10, total // 10
-        if pad.fires("digit"):
-            digit = _wrong(pad.fault.value, digit)
-        if pad.fires("carry"):
-            nxt = nxt - 1 if nxt > 0 else nxt + 1
-        pad.lines.append(f"{x}*{b}+{carry}={digit} c{nxt}")
-        out.append(digit)
-        carry = nxt
-        pad.step += 1
+        carry = pad.column_line(f"{x}*{b}+{carry}", digit, nxt, out)
     out.reverse()
     return [carry] + out
 

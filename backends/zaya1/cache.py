@@ -114,13 +114,22 @@ class ForwardContext:
 
 
 class _CacheTensors:
-    """The KVStateCache accessors over four per-layer tensors `k`, `v`, `conv`, `value` that
-    subclasses allocate."""
+    """The KVStateCache accessors over four per-layer tensors `k`, `v`, `conv`, `value`, allocated
+    by `_allocate` from the subclass's block and state-row counts."""
 
     k: torch.Tensor
     v: torch.Tensor
     conv: torch.Tensor
     value: torch.Tensor
+
+    def _allocate(self, num_layers: int, num_blocks: int, block_size: int, num_slots: int, num_kv_heads: int,
+                  head_dim: int, conv_channels: int, conv_width: int, value_dim: int, dtype: torch.dtype,
+                  state_dtype: torch.dtype, device: torch.device | str) -> None:
+        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, N, bs, KV, D)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.conv = torch.zeros(num_layers, num_slots, conv_channels, conv_width, dtype=state_dtype, device=device)
+        self.value = torch.zeros(num_layers, num_slots, value_dim, dtype=state_dtype, device=device)
 
     def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[layer], self.v[layer]
@@ -155,11 +164,9 @@ class ContiguousCache(_CacheTensors):
         device: torch.device | str = "cpu",
     ) -> None:
         self.max_seqs, self.max_len, self.block_size = max_seqs, max_len, max_len
-        shape = (num_layers, max_seqs, max_len, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, S, max_len, KV, D)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.conv = torch.zeros(num_layers, max_seqs, conv_channels, conv_width, dtype=state_dtype, device=device)
-        self.value = torch.zeros(num_layers, max_seqs, value_dim, dtype=state_dtype, device=device)
+        # one block of max_len tokens per slot: k, v (L, S, max_len, KV, D)
+        self._allocate(num_layers, max_seqs, max_len, max_seqs, num_kv_heads, head_dim, conv_channels, conv_width,
+                       value_dim, dtype, state_dtype, device)
 
     @classmethod
     def for_config(cls, config, max_seqs: int, max_len: int, **kw) -> ContiguousCache:  # noqa: ANN001
@@ -193,11 +200,8 @@ class PagedCache(_CacheTensors):
                  dtype: torch.dtype = torch.float32, state_dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:
         self.num_blocks, self.block_size, self.num_slots = num_blocks, block_size, num_slots
-        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, N, bs, KV, D)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.conv = torch.zeros(num_layers, num_slots, conv_channels, conv_width, dtype=state_dtype, device=device)
-        self.value = torch.zeros(num_layers, num_slots, value_dim, dtype=state_dtype, device=device)
+        self._allocate(num_layers, num_blocks, block_size, num_slots, num_kv_heads, head_dim, conv_channels,
+                       conv_width, value_dim, dtype, state_dtype, device)
 
     @staticmethod
     def kv_bytes_per_token(config, dtype: torch.dtype) -> int:  # noqa: ANN001 - Zaya1Config

@@ -392,7 +392,7 @@ def _visible_lines(tail: str) -> list[str]:
 
 def visible_slip(tail: str) -> bool:
     """True when a complete column line visible in the tail is wrong (the slip a checker sees)."""
-    return any(_line_ok(ln) is False for ln in _visible_lines(tail))
+    return _checked_lines(tail)[1]
 
 
 def _checked_lines(tail: str) -> tuple[str, bool]:

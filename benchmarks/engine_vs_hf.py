@@ -6,7 +6,9 @@ A random ZAYA config big enough to be compute-bound on CPU (hidden 256, 4 layers
 transformers runs left-padded batches of `--hf-batch` prompts (sorted by length, to limit padding),
 by default all requests in one batch, as the engine gets them (its fastest setting: at 1 thread batch
 64 ran 313 tok/s against 281 at 32 and <= 293 at 16). Single-request decode latency is (time for N tokens - time for
-1 token) / (N - 1), so prefill is excluded. Other jobs share the CPU: only the ratios are meaningful.
+1 token) / (N - 1), so prefill is excluded. The engine runs twice, on the default kernel backend
+("cpu": the C++ decode attention) and on the plain-PyTorch twins ("torch"), so the kernels' own
+share of the gain is printed too. Other jobs share the CPU: only the ratios are meaningful.
 
     python benchmarks/engine_vs_hf.py            # full run (minutes)
     python benchmarks/engine_vs_hf.py --quick    # 16 requests, 16-128 prompt tokens, 32 new tokens
@@ -22,6 +24,7 @@ import torch
 import transformers
 
 from rsa.backends.zaya1 import LLM, SamplingParams
+from rsa.kernels import ops
 
 
 def build(path: str, vocab: int) -> transformers.ZayaForCausalLM:
@@ -80,8 +83,15 @@ def main() -> None:
         llm = LLM(path, max_num_seqs=n, max_num_batched_tokens=1024)
         greedy = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True)
         llm.generate([prompts[0][:8]], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))  # warm up
+        backend = ops.get_backend()
         outs, t_ours = timed(lambda: llm.generate(prompts, greedy))
         ours_tok = sum(len(o.token_ids) for o in outs)
+        ops.set_backend("torch")
+        try:
+            twin_outs, t_twin = timed(lambda: llm.generate(prompts, greedy))
+        finally:
+            ops.set_backend(backend)
+        same = [o.token_ids for o in outs] == [o.token_ids for o in twin_outs]
         hf_tok, t_hf = timed(lambda: hf_generate(hf, prompts, new, hf_batch))
         one = prompts[0][:64]
         steps = 32 if args.quick else 64
@@ -95,9 +105,12 @@ def main() -> None:
             lat[name] = (tn - t1) / (steps - 1) * 1e3
     print(f"{n} requests, prompts {lo}-{hi} tokens, {new} new greedy tokens each, {args.threads} threads")
     print(f"engine        {ours_tok:6d} tokens in {t_ours:7.2f} s = {ours_tok / t_ours:8.1f} tok/s "
-          f"(preemptions {llm.metrics().num_preemptions})")
+          f"(kernels {backend!r}, preemptions {llm.metrics().num_preemptions})")
+    print(f"engine        {ours_tok:6d} tokens in {t_twin:7.2f} s = {ours_tok / t_twin:8.1f} tok/s "
+          f"(kernels 'torch'; same greedy tokens: {same})")
     print(f"transformers  {hf_tok:6d} tokens in {t_hf:7.2f} s = {hf_tok / t_hf:8.1f} tok/s (batch {hf_batch})")
-    print(f"throughput ratio engine / transformers: {(ours_tok / t_ours) / (hf_tok / t_hf):.2f}x")
+    print(f"throughput ratio engine / transformers: {(ours_tok / t_ours) / (hf_tok / t_hf):.2f}x "
+          f"({backend!r} kernels), {(ours_tok / t_twin) / (hf_tok / t_hf):.2f}x ('torch' kernels)")
     print(f"batch-1 decode latency: engine {lat['engine']:.2f} ms/token, transformers {lat['transformers']:.2f} "
           f"ms/token (ratio {lat['transformers'] / lat['engine']:.2f}x)")
 

@@ -118,13 +118,19 @@ def attention_prefill(
     this step's k, v (store_kv ran first). Query i of sequence b sits at position seq_lens[b] - n_b + i.
     Returns (T, Hq, D) in q.dtype.
     """
+    return prefill_with(_decode_rows, q, k, v, k_cache, v_cache, cu_seqlens, seq_lens, block_tables, scale)
+
+
+def prefill_with(decode_rows, q, k, v, k_cache, v_cache, cu_seqlens, seq_lens, block_tables, scale) -> torch.Tensor:
+    """attention_prefill with `decode_rows` (signature of `_decode_rows`) for the one-query entries: the
+    body every backend shares, so the C++ decode kernel serves mixed steps too."""
     out = torch.empty(q.shape, dtype=torch.float32, device=q.device)  # (T, Hq, D)
     bounds, lens = cu_seqlens.tolist(), seq_lens.tolist()
     singles = [b for b in range(len(lens)) if bounds[b + 1] - bounds[b] == 1 and k_cache is not None]
     if singles:  # decode entries of a mixed step: batched like attention_decode
         seqs = torch.tensor(singles, device=q.device)  # (b,)
         rows = cu_seqlens[:-1].long()[seqs]  # (b,)
-        out[rows] = _decode_rows(q[rows], k_cache, v_cache, seq_lens[seqs], block_tables[seqs], scale)
+        out[rows] = decode_rows(q[rows], k_cache, v_cache, seq_lens[seqs], block_tables[seqs], scale)
     single = set(singles)
     for b, total in enumerate(lens):
         s, e = bounds[b], bounds[b + 1]

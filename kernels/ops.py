@@ -1,9 +1,10 @@
 """The one dispatch point for the ZAYA1 engine's kernel ops.
 
 The model calls `ops.<name>(...)` and never branches on the implementation. The backend is chosen
-once, at import: "triton" when CUDA and the Triton kernels are available, otherwise "torch" (the
-plain-PyTorch twins in `*_ref.py`). `set_backend("torch" | "triton")` is the one override hook
-(tests, benchmarks). A Triton module may implement a subset; missing ops fall back to the twin.
+once, at import: "triton" when CUDA and the Triton kernels are available; otherwise "cpu" (C++ CPU
+kernels in `cpu_ops`, compiled on first use) when a C++ compiler is there; otherwise "torch" (the
+plain-PyTorch twins in `*_ref.py`). `set_backend("torch" | "cpu" | "triton")` is the one override
+hook (tests, benchmarks). A backend module may implement a subset; missing ops fall back to the twin.
 
 Ops (shapes in each twin's docstring; T flat tokens, B sequences, H hidden, Hq/KV heads, D head dim):
     cca_epilogue(qk, v_cur, v_del, cos, sin, dw_weight, dw_bias, g_weight, g_bias, temp,
@@ -36,8 +37,9 @@ _TWINS: dict[str, ModuleType] = {
     "attention_decode": attention_ref, "moe_experts": moe_ref, "rmsnorm": rmsnorm_ref,
     "merge_rmsnorm": rmsnorm_ref, "lm_head": logits_ref,
 }
-# module holding the Triton implementations (a later issue); imported only when selected
+# module holding the Triton implementations; imported only when selected
 TRITON_MODULE = "rsa.kernels.triton_ops"
+BACKENDS = ("torch", "cpu", "triton")
 
 # rebound by set_backend; the twins until then
 cca_epilogue = cca_ref.cca_epilogue
@@ -62,14 +64,22 @@ def _triton_module() -> ModuleType | None:
         raise
 
 
+def _cpu_module() -> ModuleType | None:
+    from . import cpu_ops
+
+    return cpu_ops if cpu_ops.load() is not None else None
+
+
 def set_backend(name: str) -> None:
-    """Select the implementation of every op: "torch" (the twins) or "triton"."""
+    """Select the implementation of every op: "torch" (the twins), "cpu" (C++ CPU kernels) or "triton"."""
     global _backend
-    if name not in ("torch", "triton"):
-        raise ValueError(f"kernel backend must be 'torch' or 'triton', got {name!r}")
-    impl = _triton_module() if name == "triton" else None
+    if name not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {', '.join(map(repr, BACKENDS))}, got {name!r}")
+    impl = {"torch": lambda: None, "cpu": _cpu_module, "triton": _triton_module}[name]()
     if name == "triton" and impl is None:
         raise ValueError(f"kernel backend 'triton' is unavailable (needs triton and {TRITON_MODULE})")
+    if name == "cpu" and impl is None:
+        raise ValueError("kernel backend 'cpu' is unavailable (its C++ kernels did not build; see the log)")
     for op in OP_NAMES:
         globals()[op] = getattr(impl, op, None) or getattr(_TWINS[op], op)
     _backend = name
@@ -79,4 +89,11 @@ def get_backend() -> str:
     return _backend
 
 
-set_backend("triton" if torch.cuda.is_available() and _triton_module() is not None else "torch")
+def default_backend() -> str:
+    """"triton" with CUDA and Triton, else "cpu" when its kernels build, else "torch"."""
+    if torch.cuda.is_available() and _triton_module() is not None:
+        return "triton"
+    return "cpu" if _cpu_module() is not None else "torch"
+
+
+set_backend(default_backend())

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import transformers
 from transformers.models.zaya import modeling_zaya as hfz
 
-from rsa.kernels import ops
+from rsa.kernels import cpu_ops, ops
 from rsa.kernels import attention_ref, cca_ref, moe_ref, rmsnorm_ref
 
 torch.set_num_threads(1)
@@ -32,9 +32,10 @@ def check(ours, ref, tol, what):
 
 @pytest.fixture(autouse=True)
 def torch_backend():
+    previous = ops.get_backend()
     ops.set_backend("torch")
     yield
-    ops.set_backend("torch")
+    ops.set_backend(previous)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -167,8 +168,14 @@ def _hf_cca(cfg, proj, qknorm, h, positions):
     return q.transpose(1, 2)[0], k.transpose(1, 2)[0], v[0]
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("hq, kv, d, t0, t1", [(4, 2, 16, 2, 2), (6, 3, 24, 3, 2), (8, 2, 8, 1, 3)])
-def test_cca_epilogue_matches_transformers_whole_and_chunked(hq, kv, d, t0, t1):
+def test_cca_epilogue_matches_transformers_whole_and_chunked(hq, kv, d, t0, t1, backend):
+    """The twin and the C++ kernel (backend "cpu") against transformers' CCA."""
+    if backend == "cpu":
+        if cpu_ops.load() is None:
+            pytest.skip("no C++ compiler: the CPU kernels cannot build")
+        ops.set_backend("cpu")  # the autouse fixture restores the previous backend
     g = torch.Generator().manual_seed(hq + d + t0)
     torch.manual_seed(hq + d + t0)
     cfg = transformers.ZayaConfig(hidden_size=40, num_attention_heads=hq, num_key_value_heads=kv, head_dim=d,
@@ -208,7 +215,7 @@ def test_cca_epilogue_matches_transformers_whole_and_chunked(hq, kv, d, t0, t1):
 
 def test_set_backend_validates_and_falls_back_per_op(monkeypatch):
     assert ops.get_backend() == "torch" and ops.cca_epilogue is cca_ref.cca_epilogue
-    with pytest.raises(ValueError, match="'torch' or 'triton'"):
+    with pytest.raises(ValueError, match="one of 'torch', 'cpu', 'triton'"):
         ops.set_backend("cuda")
     fake = types.ModuleType("fake_triton_ops")
     fake.rmsnorm = lambda x, weight, eps: "triton rmsnorm"

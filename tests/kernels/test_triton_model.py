@@ -43,6 +43,7 @@ def _run(model, backend: str) -> list[torch.Tensor]:
     """No-cache logits of 2 x 9 tokens, then a cached prefill of lengths 9 and 4 and one decode step."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 131, (2, 9), generator=g).to(DEV)
+    previous = ops.get_backend()
     ops.set_backend(backend)
     try:
         out = [model.logits(ids)]
@@ -57,7 +58,7 @@ def _run(model, backend: str) -> list[torch.Tensor]:
             out.append(model.compute_logits(model(ids[:, 4], pos, cache.context([1, 1], lens, [2, 0]))))
         return out
     finally:
-        ops.set_backend("torch")
+        ops.set_backend(previous)
 
 
 STEPS = ("no-cache forward", "cached varlen prefill", "decode step")

@@ -1,0 +1,182 @@
+"""C++ CPU kernels `rsa.kernels.ops` selects with set_backend("cpu") (the default without CUDA).
+
+Only what the PyTorch twins cannot do well on a CPU lives here:
+- paged decode attention, whose twin gathers every sequence's blocks into padded copies and runs
+  three batched ops over them (`cpp/paged_attention.cpp` reads the blocks in place, one pass per
+  sequence and kv head; 5-7x faster than the twin on the benchmark's shapes);
+- the CCA epilogue, whose twin is ~30 small tensor ops with MB-sized temporaries
+  (`cpp/cca_epilogue.cpp`: one pass per token, fp32 only).
+Every other op falls back to its twin.
+
+The source is compiled on first use with the system C++ compiler (`$CXX`, else `c++`; about a
+second, no torch headers) into `$RSA_KERNEL_CACHE` (default `~/.cache/markovian-rsa/kernels`),
+keyed by the source, the flags and this machine's CPU, and loaded with ctypes. No compiler, or a
+failed build: `load()` returns None, says why once in the log, and "cpu" is unavailable (the
+twins run). Shapes the kernel does not take (head dim not a multiple of 8, more than 16 query
+heads per kv head, fp16 caches) fall back to the twin per call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import attention_ref, cca_ref
+
+log = logging.getLogger(__name__)
+
+SOURCES = tuple(Path(__file__).resolve().parent / "cpp" / name for name in ("paged_attention.cpp", "cca_epilogue.cpp"))
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+_ARGTYPES = [_PTR] * 6 + [_I64] * 6 + [ctypes.c_float, ctypes.c_int]
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the architecture and the CPU's feature flags."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {flags}"
+
+
+def _build(compiler: str, cache: Path) -> Path:
+    text = b"".join(src.read_bytes() for src in SOURCES)
+    key = hashlib.sha256(text + " ".join((compiler, *FLAGS, _cpu_id())).encode()).hexdigest()[:16]
+    lib = cache / f"rsa-cpu-kernels-{key}.so"
+    if lib.exists():
+        return lib
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:  # build aside, then publish atomically
+        out = Path(tmp) / lib.name
+        done = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(out)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed on {', '.join(s.name for s in SOURCES)}:\n"
+                               f"{done.stderr.strip()[-2000:]}")
+        os.replace(out, lib)
+    return lib
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel library, built on first use; None when it cannot be built here."""
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        log.info("no C++ compiler found ($CXX, c++, g++): CPU kernels unavailable, using the PyTorch twins")
+        return None
+    cache = Path(os.environ.get("RSA_KERNEL_CACHE") or Path.home() / ".cache" / "markovian-rsa" / "kernels")
+    try:
+        lib = ctypes.CDLL(str(_build(compiler, cache)))
+    except (OSError, RuntimeError) as exc:
+        log.warning("CPU kernels unavailable, using the PyTorch twins: %s", exc)
+        return None
+    for name in ("rsa_paged_decode_f32", "rsa_paged_decode_bf16"):
+        getattr(lib, name).argtypes = _ARGTYPES
+        getattr(lib, name).restype = None
+    lib.rsa_cca_epilogue_f32.argtypes = [ctypes.POINTER(_CcaArgs), ctypes.c_int]
+    lib.rsa_cca_epilogue_f32.restype = None
+    return lib
+
+
+_MAX_G, _MAX_D = 16, 256  # kMaxG, 8 * kMaxD8 in the source
+
+
+def _decode_rows(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
+                 block_tables: torch.Tensor, scale: float) -> torch.Tensor:
+    """attention_ref._decode_rows in C++: q (B, Hq, D); caches (NB, BS, KV, D) -> (B, Hq, D) fp32."""
+    b, hq, d = q.shape
+    nb, bs, kv, _ = k_cache.shape
+    lib = load()
+    kernel = {torch.float32: "rsa_paged_decode_f32", torch.bfloat16: "rsa_paged_decode_bf16"}.get(k_cache.dtype)
+    if (lib is None or kernel is None or q.device.type != "cpu" or d % 8 or d > _MAX_D or hq % kv
+            or hq // kv > _MAX_G or v_cache.dtype != k_cache.dtype or b == 0):
+        return attention_ref._decode_rows(q, k_cache, v_cache, seq_lens, block_tables, scale)
+    lens = seq_lens.to(torch.int32).contiguous()
+    tables = block_tables.to(torch.int32).contiguous()
+    # the kernel trusts its indices: check them here, where a bad one is an error, not a crash
+    if int(lens.min()) < 1 or int(lens.max()) > tables.shape[1] * bs:
+        raise ValueError(f"seq_lens must lie in 1..{tables.shape[1] * bs}, got {lens.tolist()}")
+    used = tables[:, :-(-int(lens.max()) // bs)]
+    if int(used.min()) < 0 or int(used.max()) >= nb:
+        raise ValueError(f"block_tables reference blocks outside 0..{nb - 1}")
+    qf = q.to(torch.float32).contiguous()
+    kc, vc = k_cache.contiguous(), v_cache.contiguous()
+    out = torch.empty(b, hq, d, dtype=torch.float32)
+    getattr(lib, kernel)(qf.data_ptr(), kc.data_ptr(), vc.data_ptr(), lens.data_ptr(), tables.data_ptr(),
+                         out.data_ptr(), b, hq, kv, d, bs, tables.shape[1], scale, torch.get_num_threads())
+    return out
+
+
+def attention_decode(q, k, v, k_cache, v_cache, cu_seqlens, seq_lens, block_tables, max_query_len, max_seq_len,
+                     scale):
+    """attention_ref.attention_decode with the C++ kernel (same arguments and result)."""
+    if k_cache is None:
+        return attention_ref.attention_decode(q, k, v, k_cache, v_cache, cu_seqlens, seq_lens, block_tables,
+                                              max_query_len, max_seq_len, scale)
+    return _decode_rows(q, k_cache, v_cache, seq_lens, block_tables, scale).to(q.dtype)
+
+
+def attention_prefill(q, k, v, k_cache, v_cache, cu_seqlens, seq_lens, block_tables, max_query_len, max_seq_len,
+                      scale):
+    """attention_ref.attention_prefill whose decode entries (one query) use the C++ kernel."""
+    return attention_ref.prefill_with(_decode_rows, q, k, v, k_cache, v_cache, cu_seqlens, seq_lens, block_tables,
+                                      scale)
+
+
+class _CcaArgs(ctypes.Structure):
+    """`Args` of cpp/cca_epilogue.cpp, field for field."""
+
+    _fields_ = ([(n, _PTR) for n in ("qk", "v_cur", "v_del", "cos", "sin", "dw_weight", "dw_bias", "g_weight",
+                                      "g_bias", "temp", "conv_state", "value_state", "cu_seqlens", "state_slots",
+                                      "fresh", "q_out", "k_out", "v_out")]
+                + [(n, _I64) for n in ("T", "B", "Hq", "KV", "D", "t0", "t1", "R2")] + [("eps", ctypes.c_float)])
+
+
+def cca_epilogue(qk, v_cur, v_del, cos, sin, dw_weight, dw_bias, g_weight, g_bias, temp, conv_state, value_state,
+                 cu_seqlens, state_slots, fresh):
+    """cca_ref.cca_epilogue in C++ (same arguments and results) for fp32 on the CPU; the twin otherwise."""
+    lib = load()
+    tensors = [qk, v_cur, v_del, cos, sin, dw_weight, dw_bias, g_weight, g_bias, temp]
+    states = [x for x in (conv_state, value_state) if x is not None]
+    if (lib is None or any(x.dtype != torch.float32 or x.device.type != "cpu" for x in tensors + states)
+            or any(not x.is_contiguous() for x in states)):
+        return cca_ref.cca_epilogue(qk, v_cur, v_del, cos, sin, dw_weight, dw_bias, g_weight, g_bias, temp,
+                                    conv_state, value_state, cu_seqlens, state_slots, fresh)
+    t, c = qk.shape
+    d, t1, t0, kv = g_weight.shape[1], g_weight.shape[2], dw_weight.shape[-1], temp.numel()
+    hq, b = c // d - kv, cu_seqlens.numel() - 1
+    w = t0 + t1 - 2
+    cu = cu_seqlens.to(torch.int32).contiguous()
+    slots = state_slots.to(torch.int64).contiguous()
+    fresh_u8 = fresh.to(torch.uint8).contiguous()
+    if b and (int(cu[0]) != 0 or int(cu[-1]) != t or bool((cu.diff() < 0).any())):
+        raise ValueError(f"cu_seqlens must rise from 0 to {t} tokens, got {cu.tolist()}")
+    if states and b and (int(slots.min()) < 0 or int(slots.max()) >= states[0].shape[0]):
+        raise ValueError(f"state_slots must lie in 0..{states[0].shape[0] - 1}, got {slots.tolist()}")
+    if conv_state is not None and conv_state.shape[1:] != (c, w):
+        raise ValueError(f"conv_state must be (slots, {c}, {w}), got {tuple(conv_state.shape)}")
+    inputs = [x.contiguous() for x in tensors]
+    q, k, v = torch.empty(t, hq, d), torch.empty(t, kv, d), torch.empty(t, kv, d)
+    ptr = lambda x: None if x is None else x.data_ptr()  # noqa: E731
+    args = _CcaArgs(*map(ptr, inputs), ptr(conv_state), ptr(value_state), cu.data_ptr(), slots.data_ptr(),
+                    fresh_u8.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(),
+                    t, b, hq, kv, d, t0, t1, cos.shape[-1], torch.finfo(qk.dtype).eps)
+    lib.rsa_cca_epilogue_f32(ctypes.byref(args), torch.get_num_threads())
+    return q, k, v
+
+
+__all__ = ["attention_decode", "attention_prefill", "cca_epilogue", "load"]

@@ -64,6 +64,8 @@ __all__ = [
     "pick_example",
     "pick_output",
     "visible_slip",
+    "vote_example",
+    "vote_output",
     "solve_trace",
     "tokenizer_corpus",
     "wrong_trace",
@@ -446,11 +448,61 @@ def pick_example(problem: str, pool: list[str], rng: random.Random, tokenizer, t
     return Example(prompt, pick_output(problem, tails, solve_trace(problem)), "aggregate")
 
 
+# ---------------------------------------------------------------------------------------------
+# The voting aggregator: list the candidates' answers, keep the most frequent one
+# ---------------------------------------------------------------------------------------------
+def _answers(tails: list[str]) -> list[str]:
+    """Each tail's last boxed answer, `?` for a tail without one."""
+    out = []
+    for tail in tails:
+        found = _BOXED.findall(tail)
+        out.append(found[-1] if found else "?")
+    return out
+
+
+def vote_output(tails: list[str], resolve_trace: str) -> str:
+    """The voting aggregator's answer over candidate tails, a deterministic function of them:
+    `answers a1 a2 ...` (each candidate's last boxed answer, `?` for none), `pick X` for the
+    most frequent answer X (the earliest wins a tie) and `\\boxed{X}` at once; when no candidate
+    has an answer, `solve` and a fresh trace (`resolve_trace`, the correct trace in training).
+    The output is short on purpose: sampled at temperature 1.0, every extra token is a chance
+    to drift (longer checking outputs lost more accuracy than their checks won)."""
+    answers = _answers(tails)
+    head = f"{THINK_OPEN}\nanswers {' '.join(answers)}\n"
+    given = [a for a in answers if a != "?"]
+    if not given:
+        return head + "solve\n" + resolve_trace.split(f"{THINK_OPEN}\n", 1)[-1]
+    best = max(given.count(a) for a in given)
+    choice = next(a for a in given if given.count(a) == best)
+    return f"{head}pick {choice}\n{THINK_CLOSE}\n\n\\boxed{{{choice}}}"
+
+
+def vote_example(problem: str, pool: list[str], rng: random.Random, tokenizer, tail_tokens: int,
+                 p_second_round: float = 0.4) -> Example:
+    """An aggregation example for the voting aggregator. `pool` holds first-round traces of the
+    problem (the model's own rollouts or a synthetic pool). K is 4 most often, otherwise 1 to 8.
+    With probability `p_second_round` the candidates are the aggregator's own outputs over
+    random subsets of the pool, as the second round sees them."""
+    k = 4 if rng.random() < 0.6 else rng.randint(1, 8)
+    if rng.random() < p_second_round:
+        pool = [vote_output([cut_tail(tokenizer, t, tail_tokens) for t in rng.sample(pool, min(4, len(pool)))],
+                            rng.choice(pool)) for _ in range(8)]
+    cands = [rng.choice(pool) for _ in range(k)] if len(pool) < k else rng.sample(pool, k)
+    tails = [cut_tail(tokenizer, t, tail_tokens) for t in cands]
+    prompt = render_aggregate(AGGREGATE_TEMPLATE, REFINE_TEMPLATE, problem, tails)
+    return Example(prompt, vote_output(tails, solve_trace(problem)), "aggregate")
+
+
 def synthetic_pool(problem: str, rng: random.Random, n: int = 8) -> list[str]:
     """First-round traces of a problem: each right with one shared probability drawn per problem,
     otherwise one realistic slip."""
     p_right = rng.uniform(0.1, 0.9)
-    return [solve_trace(problem) if rng.random() < p_right else wrong_trace(problem, rng) for _ in range(n)]
+    pool = [solve_trace(problem) if rng.random() < p_right else wrong_trace(problem, rng) for _ in range(n)]
+    if rng.random() < 0.4:  # a shared slip: two or three wrong candidates agree
+        slip = wrong_trace(problem, rng)
+        for i in rng.sample(range(n), rng.randint(2, 3)):
+            pool[i] = slip
+    return pool
 
 
 def tokenizer_corpus(problems: list[str], rng: random.Random, n: int) -> list[str]:

@@ -49,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nano_data import (  # noqa: E402
     END, PAD, build_tokenizer, make_example, own_example, pick_example, solve_trace, synthetic_pool, tokenizer_corpus,
+    vote_example,
 )
 
 from rsa.problems import extract_answer  # noqa: E402
@@ -87,10 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "examples are then drawn from them (on-policy tails, `pick` targets), not synthesised")
     ap.add_argument("--own-answer-pick", action="store_true",
                     help="with --own-rollouts: after `pick X` answer X at once instead of solving again")
-    ap.add_argument("--aggregator", choices=["resolve", "pick"], default="resolve",
+    ap.add_argument("--aggregator", choices=["resolve", "pick", "vote"], default="resolve",
                     help="aggregation targets: `resolve` (list the answers, solve again) or `pick` (check each "
                          "candidate's visible lines, keep the plurality of those that pass and copy its lines; "
-                         "solve again only when none passes); `pick` draws candidates from --own-rollouts "
+                         "solve again only when none passes) or `vote` (list the answers, pick the most "
+                         "frequent, box it); `pick` and `vote` draw candidates from --own-rollouts "
                          "(half the time, when given) and from synthetic pools")
     ap.add_argument("--decision-weight", type=float, default=1.0,
                     help="loss weight of the first token of each ` ok` / ` no` decision (checking aggregator)")
@@ -117,18 +119,20 @@ def model_config(args: argparse.Namespace, tok):
     )
 
 
-_DECISION = re.compile(r" (?:ok|no)\n")
+_DECISION = re.compile(r" (?:ok|no)(?=\n)|pick [^\n]*")
 
 
 def encode(tok, example, decision_weight: float = 1.0) -> tuple[list[int], list[int], list[float]]:
     """(input ids, labels, loss weights) of one example: chat prompt (masked) + trace +
-    end-of-turn. The first token of each ` ok` / ` no` decision of a checking aggregation
-    weighs `decision_weight` (a rare, one-token decision among many copied tokens)."""
+    end-of-turn. The tokens of an aggregator's decisions (each ` ok` / ` no` of a checking
+    aggregation, the `pick X` line) weigh `decision_weight`: a few decisive tokens among many
+    copied ones."""
     prompt = tok.apply_chat_template([{"role": "user", "content": example.prompt}],
                                      add_generation_prompt=True, tokenize=True, return_dict=False)
     enc = tok(example.target, add_special_tokens=False, return_offsets_mapping=True)
-    decisions = {m.start() for m in _DECISION.finditer(example.target)}
-    weights = [decision_weight if start in decisions else 1.0 for start, _ in enc["offset_mapping"]] + [1.0]
+    spans = [m.span() for m in _DECISION.finditer(example.target)]
+    weights = [decision_weight if any(a <= start < b for a, b in spans) else 1.0
+               for start, _ in enc["offset_mapping"]] + [1.0]
     target = enc["input_ids"] + [tok.eos_token_id]
     return prompt + target, [-100] * len(prompt) + target, [0.0] * len(prompt) + weights
 
@@ -142,7 +146,7 @@ def batches(args, tok, rng: random.Random):
     while True:
         problems = make("arith", index + pool_size, TRAIN_SEED)[index:]
         index += pool_size
-        if args.aggregator == "pick":
+        if args.aggregator in ("pick", "vote"):
             pool = [solve_or_pick(p.problem, own, rng, tok, args) for p in problems]
         elif own:  # aggregation on the model's own candidates, solve examples on fresh problems
             pool = [own_example(rng.choice(own), rng, tok, args.tail_tokens,
@@ -158,16 +162,17 @@ def batches(args, tok, rng: random.Random):
 
 
 def solve_or_pick(problem: str, own: list[dict], rng: random.Random, tok, args):
-    """A solve example, or (probability --p-aggregate) a checking-aggregator example over the
-    model's own first-round traces of a training problem (half the time, when there are any)
-    or over a synthetic pool of right and slipped traces of `problem`."""
+    """A solve example, or (probability --p-aggregate) an example of the checking or voting
+    aggregator over the model's own first-round traces of a training problem (half the time,
+    when there are any) or over a synthetic pool of right and slipped traces of `problem`."""
     if rng.random() >= args.p_aggregate:
         return make_example(problem, rng, tok, args.tail_tokens, 0.0)
+    example = vote_example if args.aggregator == "vote" else pick_example
     if own and rng.random() < 0.5:
         record = rng.choice(own)
         traces = [c["trace"] for stage in record["stages"] for c in stage]
-        return pick_example(record["problem"], traces, rng, tok, args.tail_tokens)
-    return pick_example(problem, synthetic_pool(problem, rng), rng, tok, args.tail_tokens)
+        return example(record["problem"], traces, rng, tok, args.tail_tokens)
+    return example(problem, synthetic_pool(problem, rng), rng, tok, args.tail_tokens)
 
 
 def collate(rows: list[tuple[list[int], list[int], list[float]]], pad_id: int) -> tuple[torch.Tensor, ...]:

@@ -5,7 +5,10 @@ Only what the PyTorch twins cannot do well on a CPU lives here:
   three batched ops over them (`cpp/paged_attention.cpp` reads the blocks in place, one pass per
   sequence and kv head; 5-7x faster than the twin on the benchmark's shapes);
 - the CCA epilogue, whose twin is ~30 small tensor ops with MB-sized temporaries
-  (`cpp/cca_epilogue.cpp`: one pass per token, fp32 only).
+  (`cpp/cca_epilogue.cpp`: one pass per token, fp32 only);
+- the MoE experts when each expert sees only a few tokens (decode steps), where a BLAS GEMM
+  re-packs the whole expert weight for a handful of rows (`cpp/moe_experts.cpp`, fp32; larger
+  steps go to the twin, where BLAS wins).
 Every other op falls back to its twin.
 
 The source is compiled on first use with the system C++ compiler (`$CXX`, else `c++`; about a
@@ -31,11 +34,12 @@ from pathlib import Path
 
 import torch
 
-from . import attention_ref, cca_ref
+from . import attention_ref, cca_ref, moe_ref
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).resolve().parent / "cpp" / name for name in ("paged_attention.cpp", "cca_epilogue.cpp"))
+SOURCES = tuple(Path(__file__).resolve().parent / "cpp" / name for name in ("paged_attention.cpp", "cca_epilogue.cpp",
+                                                                              "moe_experts.cpp"))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _ARGTYPES = [_PTR] * 6 + [_I64] * 6 + [ctypes.c_float, ctypes.c_int]
@@ -89,6 +93,8 @@ def load() -> ctypes.CDLL | None:
         getattr(lib, name).restype = None
     lib.rsa_cca_epilogue_f32.argtypes = [ctypes.POINTER(_CcaArgs), ctypes.c_int]
     lib.rsa_cca_epilogue_f32.restype = None
+    lib.rsa_moe_experts_f32.argtypes = [_PTR] * 6 + [_I64] * 4 + [ctypes.c_int]
+    lib.rsa_moe_experts_f32.restype = None
     return lib
 
 
@@ -179,4 +185,27 @@ def cca_epilogue(qk, v_cur, v_del, cos, sin, dw_weight, dw_bias, g_weight, g_bia
     return q, k, v
 
 
-__all__ = ["attention_decode", "attention_prefill", "cca_epilogue", "load"]
+# the C++ experts run steps of at most this many tokens per expert on average; BLAS is faster above
+MOE_TOKENS_PER_EXPERT = 8
+
+
+def moe_experts(hidden, expert_ids, gate, gate_up_proj, down_proj):
+    """moe_ref.moe_experts in C++ (same arguments and result) for small fp32 CPU steps; the twin otherwise."""
+    lib = load()
+    t, h = hidden.shape
+    e, two_i, _ = gate_up_proj.shape
+    tensors = (hidden, gate, gate_up_proj, down_proj)
+    if (lib is None or t > MOE_TOKENS_PER_EXPERT * e or h % 8 or two_i % 16 or t == 0
+            or any(x.dtype != torch.float32 or x.device.type != "cpu" for x in tensors)):
+        return moe_ref.moe_experts(hidden, expert_ids, gate, gate_up_proj, down_proj)
+    ids = expert_ids.to(torch.int64).contiguous()
+    if int(ids.min()) < 0 or int(ids.max()) > e:
+        raise ValueError(f"expert_ids must lie in 0..{e} ({e} = skip), got {ids.tolist()}")
+    x, g, wgu, wd = (x.contiguous() for x in tensors)
+    out = torch.empty_like(x)
+    lib.rsa_moe_experts_f32(x.data_ptr(), ids.data_ptr(), g.data_ptr(), wgu.data_ptr(), wd.data_ptr(),
+                            out.data_ptr(), t, h, two_i // 2, e, torch.get_num_threads())
+    return out
+
+
+__all__ = ["attention_decode", "attention_prefill", "cca_epilogue", "load", "moe_experts"]

@@ -74,7 +74,33 @@ def test_pick_example_second_round_candidates_are_aggregator_outputs(tokenizer):
     assert TRUNCATION_MARKER in first.prompt  # traces are longer than the tail: every candidate is cut
 
 
-@pytest.mark.parametrize("aggregator", ["resolve", "pick"])
+def test_vote_output_lists_the_answers_and_keeps_the_most_frequent(tokenizer):
+    problem = "What is 1024 - 89?"
+    right = nano_data.solve_trace(problem)
+    wrong = right.replace("{935}", "{1935}")
+    tails = [nano_data.cut_tail(tokenizer, t, 56) for t in (wrong, right, "no answer here", right)]
+    out = nano_data.vote_output(tails, resolve_trace="unused")
+    assert out == "<think>\nanswers 1935 935 ? 935\npick 935\n</think>\n\n\\boxed{935}"
+    # a tie goes to the earliest of the most frequent answers
+    assert nano_data.vote_output([tails[0], tails[1]], "unused").endswith("pick 1935\n</think>\n\n\\boxed{1935}")
+    # no candidate has an answer: solve again with the given trace
+    out = nano_data.vote_output(["no answer", "none either"], resolve_trace=right)
+    assert out.startswith("<think>\nanswers ? ?\nsolve\n") and extract_answer(out) == "935"
+
+
+def test_vote_example_targets_follow_its_candidates(tokenizer):
+    rng = random.Random(1)
+    problem = "What is 345 * 78?"
+    pool = nano_data.synthetic_pool(problem, rng)
+    for second_round in (0.0, 1.0):
+        example = nano_data.vote_example(problem, pool, rng, tokenizer, 56, p_second_round=second_round)
+        shown = example.prompt.count("--- Candidate")
+        listed = example.target.split("\n")[1].split(" ")[1:]
+        assert example.kind == "aggregate" and len(listed) == shown >= 1
+        assert extract_answer(example.target) == max(listed, key=lambda a: (listed.count(a), -listed.index(a)))
+
+
+@pytest.mark.parametrize("aggregator", ["resolve", "pick", "vote"])
 def test_train_nano_tiny_run_writes_a_loadable_checkpoint(tmp_path, aggregator):
     """`examples/train_nano.py --tiny` (a few steps of a smaller model) for both aggregation
     targets: the script runs end to end and writes a checkpoint transformers loads."""

@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from rsa.kernels import attention_ref, cca_ref, cpu_ops, ops
+from rsa.kernels import attention_ref, cca_ref, cpu_ops, moe_ref, ops
 
 needs_kernels = pytest.mark.skipif(cpu_ops.load() is None, reason="no C++ compiler: the CPU kernels cannot build")
 
@@ -101,8 +101,8 @@ def test_cpu_backend_is_the_default_here_and_selects_the_kernels():
         ops.set_backend("cpu")
         assert ops.attention_decode is cpu_ops.attention_decode
         assert ops.attention_prefill is cpu_ops.attention_prefill
-        assert ops.cca_epilogue is cpu_ops.cca_epilogue
-        assert ops.moe_experts.__module__.endswith("moe_ref")  # no C++ version: the twin
+        assert ops.cca_epilogue is cpu_ops.cca_epilogue and ops.moe_experts is cpu_ops.moe_experts
+        assert ops.rmsnorm.__module__.endswith("rmsnorm_ref")  # no C++ version: the twin
     finally:
         ops.set_backend(previous)
 
@@ -173,3 +173,34 @@ def test_cca_kernel_without_cache_and_bad_slots():
     with pytest.raises(ValueError, match="state_slots must lie in 0..1"):
         cpu_ops.cca_epilogue(*args, torch.zeros(2, c, 2), torch.zeros(2, vd), cu, torch.tensor([0, 2]),
                              torch.tensor([False, False]))
+
+
+@needs_kernels
+@pytest.mark.parametrize("t,e,h,i", [(64, 8, 256, 512), (5, 4, 32, 24), (1, 2, 16, 8), (40, 4, 64, 64)])
+def test_moe_kernel_matches_the_twin(t, e, h, i):
+    """Decode-sized steps (the kernel: tokens of every expert, the skip slot, empty experts, odd row
+    counts) and a step too large for it (40 tokens over 4 experts: the twin)."""
+    g = torch.Generator().manual_seed(t + e)
+    hidden = torch.randn(t, h, generator=g)
+    ids = torch.randint(0, e + 1, (t,), generator=g)
+    ids[0] = e  # at least one token takes the skip slot
+    gate = torch.rand(t, generator=g)
+    gate_up, down = torch.randn(e, 2 * i, h, generator=g) / h ** 0.5, torch.randn(e, h, i, generator=g) / i ** 0.5
+    ours = cpu_ops.moe_experts(hidden, ids, gate, gate_up, down)
+    torch.testing.assert_close(ours, moe_ref.moe_experts(hidden, ids, gate, gate_up, down), atol=1e-5, rtol=1e-5)
+    assert torch.all(ours[0] == 0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = cpu_ops.moe_experts(hidden, ids, gate, gate_up, down)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(ours, two)  # threads split output columns: each value is summed the same way
+
+
+@needs_kernels
+def test_moe_kernel_rejects_expert_ids_out_of_range():
+    hidden, gate = torch.randn(3, 16), torch.rand(3)
+    gate_up, down = torch.randn(2, 16, 16), torch.randn(2, 16, 8)
+    with pytest.raises(ValueError, match=r"expert_ids must lie in 0..2 \(2 = skip\)"):
+        cpu_ops.moe_experts(hidden, torch.tensor([0, 3, 1]), gate, gate_up, down)

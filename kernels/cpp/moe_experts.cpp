@@ -1,0 +1,116 @@
+// Top-1 SwiGLU experts with a skip slot on the CPU, fp32, for steps where each expert sees only a
+// few tokens (decode). There a BLAS GEMM re-packs the whole expert weight for a handful of rows;
+// here each weight row is streamed once and dotted with every token of the expert while in L1.
+// The C++ twin of moe_ref.moe_experts; loaded with ctypes by kernels/cpu_ops.py, which owns the
+// checks and sends large steps (prefill) to the twin, where BLAS wins.
+//
+// Shapes (T tokens, E experts, H hidden, I expert FFN):
+//   hidden (T, H)  expert_ids (T,) int64 in [0, E], E = skip (output 0)  gate (T,)
+//   gate_up (E, 2I, H): rows [0, I) gate, [I, 2I) up   down (E, H, I)   out (T, H) written
+// H and I must be multiples of 8.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+typedef float f8 __attribute__((vector_size(32)));
+
+inline f8 load8(const float* p) {
+  f8 x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+
+inline float hsum(f8 x) { return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7])); }
+
+// y (M, ldy) columns [o0, o1) = x (M, K) @ w (O, K)^T, two weight rows by up to four tokens at a time
+void rows_times_tokens(const float* x, int64_t M, const float* w, int64_t K, float* y, int64_t ldy, int64_t o0,
+                       int64_t o1) {
+  const int64_t k8 = K / 8;
+  for (int64_t o = o0; o < o1; o += 2) {
+    const bool pair = o + 1 < o1;
+    const float* w0 = w + o * K;
+    const float* w1 = pair ? w0 + K : w0;
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int64_t mn = M - m0 < 4 ? M - m0 : 4;
+      f8 acc[4][2] = {};
+      for (int64_t j = 0; j < k8; ++j) {
+        const f8 a = load8(w0 + 8 * j), b = load8(w1 + 8 * j);
+        for (int64_t m = 0; m < mn; ++m) {
+          const f8 xv = load8(x + (m0 + m) * K + 8 * j);
+          acc[m][0] += xv * a;
+          acc[m][1] += xv * b;
+        }
+      }
+      for (int64_t m = 0; m < mn; ++m) {
+        y[(m0 + m) * ldy + o] = hsum(acc[m][0]);
+        if (pair) y[(m0 + m) * ldy + o + 1] = hsum(acc[m][1]);
+      }
+    }
+  }
+}
+
+// [o0, o1) split into `parts` even chunks
+inline void chunk(int64_t n, int part, int parts, int64_t* lo, int64_t* hi) {
+  const int64_t step = (n / 2 + parts - 1) / parts * 2;  // even, so weight-row pairs stay together
+  *lo = part * step < n ? part * step : n;
+  *hi = (part + 1) * step < n ? (part + 1) * step : n;
+}
+
+}  // namespace
+
+extern "C" void rsa_moe_experts_f32(const float* hidden, const int64_t* expert_ids, const float* gate,
+                                    const float* gate_up, const float* down, float* out, int64_t T, int64_t H,
+                                    int64_t I, int64_t E, int threads) {
+  // tokens grouped by expert (counting sort; the skip slot's rows are written as zeros)
+  std::vector<int64_t> count(E + 2, 0), order(T);
+  for (int64_t t = 0; t < T; ++t) ++count[expert_ids[t] + 1];
+  for (int64_t e = 0; e <= E; ++e) count[e + 1] += count[e];
+  std::vector<int64_t> fill(count.begin(), count.end() - 1);
+  for (int64_t t = 0; t < T; ++t) order[fill[expert_ids[t]]++] = t;
+  std::memset(out, 0, sizeof(float) * T * H);
+
+  int64_t most = 0;
+  for (int64_t e = 0; e < E; ++e) most = count[e + 1] - count[e] > most ? count[e + 1] - count[e] : most;
+  std::vector<float> x(most * H), a(most * 2 * I), act(most * I), y(most * H);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = count[e + 1] - count[e];
+    if (n == 0) continue;
+    const int64_t* rows = order.data() + count[e];
+    for (int64_t r = 0; r < n; ++r) std::memcpy(x.data() + r * H, hidden + rows[r] * H, sizeof(float) * H);
+    const float* wgu = gate_up + e * 2 * I * H;
+    const float* wd = down + e * H * I;
+#pragma omp parallel num_threads(threads)
+    {
+      int part = 0, parts = 1;
+#ifdef _OPENMP
+      part = omp_get_thread_num();
+      parts = omp_get_num_threads();
+#endif
+      int64_t lo, hi;
+      chunk(2 * I, part, parts, &lo, &hi);
+      rows_times_tokens(x.data(), n, wgu, H, a.data(), 2 * I, lo, hi);  // (n, 2I) = [g | u]
+#pragma omp barrier
+      chunk(I, part, parts, &lo, &hi);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t i = lo; i < hi; ++i) {
+          const float g = a[r * 2 * I + i], u = a[r * 2 * I + I + i];
+          act[r * I + i] = g / (1.f + std::exp(-g)) * u;  // silu(g) * u
+        }
+#pragma omp barrier
+      chunk(H, part, parts, &lo, &hi);
+      rows_times_tokens(act.data(), n, wd, I, y.data(), H, lo, hi);  // (n, H)
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const float w = gate[rows[r]];
+      float* dst = out + rows[r] * H;
+      for (int64_t h = 0; h < H; ++h) dst[h] = y[r * H + h] * w;
+    }
+  }
+}

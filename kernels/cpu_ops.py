@@ -8,7 +8,9 @@ Only what the PyTorch twins cannot do well on a CPU lives here:
   (`cpp/cca_epilogue.cpp`: one pass per token, fp32 only);
 - the MoE experts when each expert sees only a few tokens (decode steps), where a BLAS GEMM
   re-packs the whole expert weight for a handful of rows (`cpp/moe_experts.cpp`, fp32; larger
-  steps go to the twin, where BLAS wins).
+  steps go to the twin, where BLAS wins);
+- RMSNorm and the residual merge + RMSNorm (`cpp/rmsnorm.cpp`, fp32): one pass per row instead
+  of ten whole-tensor ops.
 Every other op falls back to its twin.
 
 The source is compiled on first use with the system C++ compiler (`$CXX`, else `c++`; about a
@@ -34,12 +36,12 @@ from pathlib import Path
 
 import torch
 
-from . import attention_ref, cca_ref, moe_ref
+from . import attention_ref, cca_ref, moe_ref, rmsnorm_ref
 
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).resolve().parent / "cpp" / name for name in ("paged_attention.cpp", "cca_epilogue.cpp",
-                                                                              "moe_experts.cpp"))
+                                                                              "moe_experts.cpp", "rmsnorm.cpp"))
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _ARGTYPES = [_PTR] * 6 + [_I64] * 6 + [ctypes.c_float, ctypes.c_int]
@@ -95,6 +97,10 @@ def load() -> ctypes.CDLL | None:
     lib.rsa_cca_epilogue_f32.restype = None
     lib.rsa_moe_experts_f32.argtypes = [_PTR] * 6 + [_I64] * 4 + [ctypes.c_int]
     lib.rsa_moe_experts_f32.restype = None
+    lib.rsa_rmsnorm_f32.argtypes = [_PTR] * 3 + [_I64] * 2 + [ctypes.c_float, ctypes.c_int]
+    lib.rsa_rmsnorm_f32.restype = None
+    lib.rsa_merge_rmsnorm_f32.argtypes = [_PTR] * 9 + [_I64] * 2 + [ctypes.c_float, ctypes.c_int]
+    lib.rsa_merge_rmsnorm_f32.restype = None
     return lib
 
 
@@ -208,4 +214,36 @@ def moe_experts(hidden, expert_ids, gate, gate_up_proj, down_proj):
     return out
 
 
-__all__ = ["attention_decode", "attention_prefill", "cca_epilogue", "load", "moe_experts"]
+def _fp32_cpu(*tensors: torch.Tensor) -> bool:
+    return all(x.dtype == torch.float32 and x.device.type == "cpu" for x in tensors)
+
+
+def rmsnorm(x, weight, eps):
+    """rmsnorm_ref.rmsnorm in C++ for fp32 on the CPU; the twin otherwise."""
+    lib = load()
+    if lib is None or x.dim() != 2 or not _fp32_cpu(x, weight):
+        return rmsnorm_ref.rmsnorm(x, weight, eps)
+    x, w = x.contiguous(), weight.contiguous()
+    y = torch.empty_like(x)
+    lib.rsa_rmsnorm_f32(x.data_ptr(), w.data_ptr(), y.data_ptr(), x.shape[0], x.shape[1], eps,
+                        torch.get_num_threads())
+    return y
+
+
+def merge_rmsnorm(branch, residual, hidden_states_scale, hidden_states_bias, residual_scale, residual_bias,
+                  weight, eps):
+    """rmsnorm_ref.merge_rmsnorm in C++ for fp32 on the CPU; the twin otherwise."""
+    lib = load()
+    vectors = (hidden_states_scale, hidden_states_bias, residual_scale, residual_bias, weight)
+    if lib is None or branch.dim() != 2 or not _fp32_cpu(branch, residual, *vectors):
+        return rmsnorm_ref.merge_rmsnorm(branch, residual, *vectors, eps)
+    b, r = branch.contiguous(), residual.contiguous()
+    vs = [v.contiguous() for v in vectors]
+    merged, normed = torch.empty_like(b), torch.empty_like(b)
+    lib.rsa_merge_rmsnorm_f32(b.data_ptr(), r.data_ptr(), *(v.data_ptr() for v in vs), merged.data_ptr(),
+                              normed.data_ptr(), b.shape[0], b.shape[1], eps, torch.get_num_threads())
+    return merged, normed
+
+
+__all__ = ["attention_decode", "attention_prefill", "cca_epilogue", "load", "merge_rmsnorm", "moe_experts",
+           "rmsnorm"]

@@ -39,6 +39,23 @@ inline f8 load8(const uint16_t* p) {  // bfloat16 -> float32 is a 16-bit left sh
 
 inline float hsum(f8 x) { return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7])); }
 
+#if defined(__clang__)
+#define SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)
+#else
+typedef int i8 __attribute__((vector_size(32)));
+#define SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shuffle(a, b, i8{i0, i1, i2, i3, i4, i5, i6, i7})
+#endif
+
+// lanes [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7]
+inline f8 hadd(f8 a, f8 b) { return SHUFFLE8(a, b, 0, 2, 8, 10, 4, 6, 12, 14) + SHUFFLE8(a, b, 1, 3, 9, 11, 5, 7, 13, 15); }
+
+// the eight horizontal sums of x[0..7] as one vector: a transpose-add instead of eight hsums
+inline f8 hsum8(const f8* x) {
+  const f8 u0 = hadd(hadd(x[0], x[1]), hadd(x[2], x[3]));  // [x0..x3 low-half sums | x0..x3 high-half sums]
+  const f8 u1 = hadd(hadd(x[4], x[5]), hadd(x[6], x[7]));
+  return SHUFFLE8(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) + SHUFFLE8(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
 constexpr int kMaxG = 16;   // query heads per kv head handled in registers
 constexpr int kMaxD8 = 32;  // head dim up to 256
 
@@ -60,7 +77,24 @@ void decode_one(const float* q, const T* k_cache, const T* v_cache, int32_t len,
   for (int32_t blk = 0, p = 0; blk < nblocks; ++blk) {
     const T* krow = k_cache + table[blk] * block_stride + h * D;
     const int32_t rows = static_cast<int32_t>(len - p < BS ? len - p : BS);
-    for (int32_t r = 0; r < rows; ++r, ++p, krow += row_stride) {
+    int32_t r = 0;
+    for (; r + 8 <= rows; r += 8, p += 8) {  // eight keys at a time, reduced together
+      f8 acc[G_ ? G_ : kMaxG][8];
+      for (int k = 0; k < 8; ++k, krow += row_stride) {
+        f8 kr[D8_ ? D8_ : kMaxD8];
+        for (int64_t j = 0; j < d8; ++j) kr[j] = load8(krow + 8 * j);
+        for (int64_t g = 0; g < G; ++g) {
+          f8 a = qv[g][0] * kr[0];
+          for (int64_t j = 1; j < d8; ++j) a += qv[g][j] * kr[j];
+          acc[g][k] = a;
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        const f8 s8 = hsum8(acc[g]);
+        std::memcpy(s + g * len + p, &s8, sizeof(s8));
+      }
+    }
+    for (; r < rows; ++r, ++p, krow += row_stride) {
       f8 kr[D8_ ? D8_ : kMaxD8];
       for (int64_t j = 0; j < d8; ++j) kr[j] = load8(krow + 8 * j);
       for (int64_t g = 0; g < G; ++g) {

@@ -30,32 +30,59 @@ struct Args {
   float eps;
 };
 
-// One token: `z[0..W]` are its W + 1 raw [Q0; K0] columns (oldest first), `wg` the grouped conv
-// weight as (G, t1, D_in, D_out), `dw` and `mix` scratch of t1 * C and C floats.
-void token(const Args& a, int64_t t, const float* const* z, const float* wg, float* dw, float* mix) {
-  const int64_t D = a.D, G = a.Hq + a.KV, C = G * D, t0 = a.t0, t1 = a.t1;
+typedef float f8 __attribute__((vector_size(32)));  // 8 floats
+
+inline f8 load8(const float* p) {
+  f8 x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+
+// One token: `z[0..W]` are its W + 1 raw [Q0; K0] columns (oldest first), `dwt` the depthwise
+// weight as (t0, C), `wg` the grouped conv weight as (G, t1, D_in, D_out), `dw` and `mix` scratch
+// of t1 * C and C floats. D8 = D / 8 is a template constant for the usual head dims (the grouped
+// conv's accumulators then live in registers), 0 for any other D.
+template <int D8>
+void token(const Args& a, int64_t t, const float* const* z, const float* dwt, const float* wg, float* dw,
+           float* mix) {
+  const int64_t D = D8 ? 8 * D8 : a.D, G = a.Hq + a.KV, C = G * D, t0 = a.t0, t1 = a.t1;
   // depthwise conv, "valid": dw[i][c] = bias[c] + sum_j z[i + j][c] * w[c][j]
   for (int64_t i = 0; i < t1; ++i) {
     float* out = dw + i * C;
     for (int64_t c = 0; c < C; ++c) out[c] = a.dw_bias[c];
     for (int64_t j = 0; j < t0; ++j) {
       const float* col = z[i + j];
+      const float* w = dwt + j * C;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) out[c] += col[c] * a.dw_weight[c * t0 + j];
+      for (int64_t c = 0; c < C; ++c) out[c] += col[c] * w[c];
     }
   }
   // grouped conv per head: mix[g][o] = bias + sum_{i, d} dw[i][g, d] * wg[g][i][d][o]
   for (int64_t g = 0; g < G; ++g) {
     float* out = mix + g * D;
-    for (int64_t o = 0; o < D; ++o) out[o] = a.g_bias[g * D + o];
-    for (int64_t i = 0; i < t1; ++i) {
-      const float* x = dw + i * C + g * D;
-      const float* w = wg + (g * t1 + i) * D * D;
-      for (int64_t d = 0; d < D; ++d) {
-        const float xd = x[d];
-        const float* wr = w + d * D;
+    if constexpr (D8 > 0) {
+      f8 acc[D8];
+      for (int j = 0; j < D8; ++j) acc[j] = load8(a.g_bias + g * D + 8 * j);
+      for (int64_t i = 0; i < t1; ++i) {
+        const float* x = dw + i * C + g * D;
+        const float* w = wg + (g * t1 + i) * D * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const float xd = x[d];
+          for (int j = 0; j < D8; ++j) acc[j] += xd * load8(w + d * D + 8 * j);
+        }
+      }
+      std::memcpy(out, acc, sizeof(acc));
+    } else {
+      for (int64_t o = 0; o < D; ++o) out[o] = a.g_bias[g * D + o];
+      for (int64_t i = 0; i < t1; ++i) {
+        const float* x = dw + i * C + g * D;
+        const float* w = wg + (g * t1 + i) * D * D;
+        for (int64_t d = 0; d < D; ++d) {
+          const float xd = x[d];
+          const float* wr = w + d * D;
 #pragma omp simd
-        for (int64_t o = 0; o < D; ++o) out[o] += xd * wr[o];
+          for (int64_t o = 0; o < D; ++o) out[o] += xd * wr[o];
+        }
       }
     }
   }
@@ -107,6 +134,11 @@ extern "C" void rsa_cca_epilogue_f32(const Args* args, int threads) {
       for (int64_t d = 0; d < D; ++d)
         for (int64_t i = 0; i < t1; ++i)
           wg[((g * t1 + i) * D + d) * D + o] = a.g_weight[((g * D + o) * D + d) * t1 + i];
+  // depthwise weight (C, t0) -> (t0, C): rows contiguous in c
+  std::vector<float> dwt(static_cast<size_t>(a.t0 * C));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < a.t0; ++j) dwt[j * C + c] = a.dw_weight[c * a.t0 + j];
+  auto* one = D == 32 ? token<4> : D == 64 ? token<8> : D == 128 ? token<16> : token<0>;
   // each sequence's W state columns as rows (W, C), zero when fresh or without a cache; read before
   // any state is written
   std::vector<float> hist(static_cast<size_t>(a.B * W * C), 0.f);
@@ -132,7 +164,7 @@ extern "C" void rsa_cca_epilogue_f32(const Args* args, int threads) {
     for (int64_t t = 0; t < a.T; ++t) {
       const int64_t b = seq_of[t], local = t - a.cu_seqlens[b];
       for (int64_t j = 0; j <= W; ++j) z[j] = column(b, local - W + j);
-      token(a, t, z.data(), wg.data(), dw.data(), mix.data());
+      one(a, t, z.data(), dwt.data(), wg.data(), dw.data(), mix.data());
       // value: [current projection | the previous token's delayed projection]
       float* v = a.v_out + t * a.KV * D;
       std::memcpy(v, a.v_cur + t * VD, VD * sizeof(float));

@@ -37,6 +37,9 @@ void rows_times_tokens(const float* x, int64_t M, const float* w, int64_t K, flo
     const bool pair = o + 1 < o1;
     const float* w0 = w + o * K;
     const float* w1 = pair ? w0 + K : w0;
+    // fetch the next pair of rows while this one is used: streaming the weights is the cost here
+    if (o + 3 < o1)
+      for (int64_t k = 0; k < 2 * K; k += 16) __builtin_prefetch(w0 + 2 * K + k, 0, 3);
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
       const int64_t mn = M - m0 < 4 ? M - m0 : 4;
       f8 acc[4][2] = {};

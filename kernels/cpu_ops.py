@@ -10,7 +10,8 @@ Only what the PyTorch twins cannot do well on a CPU lives here:
   re-packs the whole expert weight for a handful of rows (`cpp/moe_experts.cpp`, fp32; larger
   steps go to the twin, where BLAS wins);
 - RMSNorm and the residual merge + RMSNorm (`cpp/rmsnorm.cpp`, fp32): one pass per row instead
-  of ten whole-tensor ops.
+  of ten whole-tensor ops;
+- store_kv (row copies into the cache; the twin masks and gathers).
 Every other op falls back to its twin.
 
 The source is compiled on first use with the system C++ compiler (`$CXX`, else `c++`; about a
@@ -97,6 +98,8 @@ def load() -> ctypes.CDLL | None:
     lib.rsa_cca_epilogue_f32.restype = None
     lib.rsa_moe_experts_f32.argtypes = [_PTR] * 6 + [_I64] * 4 + [ctypes.c_int]
     lib.rsa_moe_experts_f32.restype = None
+    lib.rsa_store_kv.argtypes = [_PTR] * 5 + [_I64] * 2
+    lib.rsa_store_kv.restype = None
     lib.rsa_rmsnorm_f32.argtypes = [_PTR] * 3 + [_I64] * 2 + [ctypes.c_float, ctypes.c_int]
     lib.rsa_rmsnorm_f32.restype = None
     lib.rsa_merge_rmsnorm_f32.argtypes = [_PTR] * 9 + [_I64] * 2 + [ctypes.c_float, ctypes.c_int]
@@ -131,6 +134,22 @@ def _decode_rows(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     getattr(lib, kernel)(qf.data_ptr(), kc.data_ptr(), vc.data_ptr(), lens.data_ptr(), tables.data_ptr(),
                          out.data_ptr(), b, hq, kv, d, bs, tables.shape[1], scale, torch.get_num_threads())
     return out
+
+
+def store_kv(k, v, k_cache, v_cache, slot_mapping):
+    """attention_ref.store_kv in C++ when keys, values and cache share a dtype on the CPU; the twin otherwise."""
+    lib = load()
+    if (lib is None or k.dtype != k_cache.dtype or v.dtype != v_cache.dtype or k.device.type != "cpu"
+            or not (k_cache.is_contiguous() and v_cache.is_contiguous()) or k.shape[1:] != k_cache.shape[2:]
+            or v.shape != k.shape or k_cache.shape != v_cache.shape or k.shape[0] == 0):
+        return attention_ref.store_kv(k, v, k_cache, v_cache, slot_mapping)
+    slots = slot_mapping.to(torch.int64).contiguous()
+    rows = k_cache.shape[0] * k_cache.shape[1]
+    if slots.numel() != k.shape[0] or int(slots.max()) >= rows:
+        raise ValueError(f"slot_mapping must hold {k.shape[0]} cache rows below {rows}, got {slots.tolist()}")
+    kc, vc = k.contiguous(), v.contiguous()
+    lib.rsa_store_kv(kc.data_ptr(), vc.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), slots.data_ptr(),
+                     k.shape[0], kc[0].numel() * kc.element_size())
 
 
 def attention_decode(q, k, v, k_cache, v_cache, cu_seqlens, seq_lens, block_tables, max_query_len, max_seq_len,
@@ -246,4 +265,4 @@ def merge_rmsnorm(branch, residual, hidden_states_scale, hidden_states_bias, res
 
 
 __all__ = ["attention_decode", "attention_prefill", "cca_epilogue", "load", "merge_rmsnorm", "moe_experts",
-           "rmsnorm"]
+           "rmsnorm", "store_kv"]

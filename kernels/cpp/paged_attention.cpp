@@ -206,3 +206,16 @@ void rsa_paged_decode_bf16(const float* q, const uint16_t* k_cache, const uint16
 }
 
 }  // extern "C"
+
+// Write T new key/value rows into the paged cache: row t goes to flat cache row slot_mapping[t]
+// (block * block_size + offset), -1 = not stored. Rows are `row_bytes` bytes (KV * D elements of
+// the cache dtype, which the caller makes the keys' dtype too).
+extern "C" void rsa_store_kv(const char* k, const char* v, char* k_cache, char* v_cache, const int64_t* slot_mapping,
+                             int64_t T, int64_t row_bytes) {
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t slot = slot_mapping[t];
+    if (slot < 0) continue;
+    std::memcpy(k_cache + slot * row_bytes, k + t * row_bytes, row_bytes);
+    std::memcpy(v_cache + slot * row_bytes, v + t * row_bytes, row_bytes);
+  }
+}

@@ -103,7 +103,8 @@ def test_cpu_backend_is_the_default_here_and_selects_the_kernels():
         assert ops.attention_prefill is cpu_ops.attention_prefill
         assert ops.cca_epilogue is cpu_ops.cca_epilogue and ops.moe_experts is cpu_ops.moe_experts
         assert ops.rmsnorm is cpu_ops.rmsnorm and ops.merge_rmsnorm is cpu_ops.merge_rmsnorm
-        assert ops.store_kv.__module__.endswith("attention_ref")  # no C++ version: the twin
+        assert ops.store_kv is cpu_ops.store_kv
+        assert ops.lm_head.__module__.endswith("logits_ref")  # no C++ version: the twin
     finally:
         ops.set_backend(previous)
 
@@ -222,3 +223,18 @@ def test_norm_kernels_match_the_twins(t, h):
     # bf16 weights: the twin's dtype round trips matter, so the twin runs
     bf = vectors[4].bfloat16()
     assert torch.equal(cpu_ops.rmsnorm(branch, bf, 1e-5), rmsnorm_ref.rmsnorm(branch, bf, 1e-5))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_store_kv_matches_the_twin(dtype):
+    g = torch.Generator().manual_seed(4)
+    k, v = torch.randn(5, 2, 8, generator=g).to(dtype), torch.randn(5, 2, 8, generator=g).to(dtype)
+    slots = torch.tensor([3, 17, -1, 0, 9])  # -1: not stored
+    caches = [torch.zeros(3, 6, 2, 8, dtype=dtype) for _ in range(4)]
+    cpu_ops.store_kv(k, v, caches[0], caches[1], slots)
+    attention_ref.store_kv(k, v, caches[2], caches[3], slots)
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+    assert caches[0].view(-1, 2, 8)[17].equal(k[1]) and caches[0].abs().sum() > 0
+    with pytest.raises(ValueError, match="below 18"):
+        cpu_ops.store_kv(k, v, caches[0], caches[1], torch.tensor([3, 18, -1, 0, 9]))

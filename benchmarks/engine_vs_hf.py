@@ -7,7 +7,7 @@ transformers runs left-padded batches of `--hf-batch` prompts (sorted by length,
 by default all requests in one batch, as the engine gets them (its fastest setting: at 1 thread batch
 64 ran 313 tok/s against 281 at 32 and <= 293 at 16). Single-request decode latency is (time for N tokens - time for
 1 token) / (N - 1), so prefill is excluded. The engine runs twice, on the default kernel backend
-("cpu": the C++ decode attention) and on the plain-PyTorch twins ("torch"), so the kernels' own
+("cpu": the C++ kernels of `rsa.kernels.cpu_ops`) and on the plain-PyTorch twins ("torch"), so the kernels' own
 share of the gain is printed too. Other jobs share the CPU: each contender runs --repeat times,
 interleaved, and its fastest run counts; even so only the ratios are meaningful.
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).resolve().parent / "cpp" / name for name in ("paged_attention.cpp", "cca_epilogue.cpp",
                                                                               "moe_experts.cpp", "rmsnorm.cpp"))
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++17")
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _ARGTYPES = [_PTR] * 6 + [_I64] * 6 + [ctypes.c_float, ctypes.c_int]
 
@@ -68,12 +68,21 @@ def _build(compiler: str, cache: Path) -> Path:
     if lib.exists():
         return lib
     cache.mkdir(parents=True, exist_ok=True)
+    log.info("building the CPU kernels (once per machine and version) into %s", lib)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # build aside, then publish atomically
+        objects = [Path(tmp) / f"{src.stem}.o" for src in SOURCES]
+        jobs = [subprocess.Popen([compiler, *FLAGS, "-c", str(src), "-o", str(obj)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for src, obj in zip(SOURCES, objects)]  # in parallel
+        errors = [job.communicate()[1] for job in jobs]  # drains the pipes, then waits
+        failed = [f"{src.name}: {err.strip()[-2000:]}" for src, job, err in zip(SOURCES, jobs, errors) if job.returncode]
         out = Path(tmp) / lib.name
-        done = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(out)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {', '.join(s.name for s in SOURCES)}:\n"
-                               f"{done.stderr.strip()[-2000:]}")
+        if not failed:
+            link = subprocess.run([compiler, "-shared", "-fopenmp", *map(str, objects), "-o", str(out)],
+                                  capture_output=True, text=True)
+            if link.returncode != 0:
+                failed.append(f"linking: {link.stderr.strip()[-2000:]}")
+        if failed:
+            raise RuntimeError(f"{compiler} failed on the CPU kernels:\n" + "\n".join(failed))
         os.replace(out, lib)
     return lib
 

@@ -28,7 +28,8 @@ Aggregation examples are built exactly the way the controller builds them: the r
 candidates' answers (`answers 5458 5358 5458 5458`), then solves the problem again.
 `pick_output` / `pick_example` build the targets of the experimental checking aggregator
 (`train_nano.py --aggregator pick`): check each candidate's visible lines, keep the plurality of
-the candidates that pass, solve again only when none does.
+the candidates that pass, solve again only when none does. `vote_output` / `vote_example` build
+those of the voting aggregator (`--aggregator vote`): list the answers, keep the most frequent.
 
 Not covered: anything beyond this task family; the model is a demonstration, not a
 calculator.

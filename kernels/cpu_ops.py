@@ -7,8 +7,8 @@ Only what the PyTorch twins cannot do well on a CPU lives here:
 - the CCA epilogue, whose twin is ~30 small tensor ops with MB-sized temporaries
   (`cpp/cca_epilogue.cpp`: one pass per token, fp32 only);
 - the MoE experts when each expert sees only a few tokens (decode steps), where a BLAS GEMM
-  re-packs the whole expert weight for a handful of rows (`cpp/moe_experts.cpp`, fp32; larger
-  steps go to the twin, where BLAS wins);
+  re-packs the whole expert weight for a handful of rows (`cpp/moe_experts.cpp`, fp32, experts
+  spread over the threads; larger steps go to the twin, where BLAS wins);
 - RMSNorm and the residual merge + RMSNorm (`cpp/rmsnorm.cpp`, fp32): one pass per row instead
   of ten whole-tensor ops;
 - store_kv (row copies into the cache; the twin masks and gathers).

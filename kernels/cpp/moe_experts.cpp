@@ -13,9 +13,6 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace {
 
@@ -59,13 +56,6 @@ void rows_times_tokens(const float* x, int64_t M, const float* w, int64_t K, flo
   }
 }
 
-// [o0, o1) split into `parts` even chunks
-inline void chunk(int64_t n, int part, int parts, int64_t* lo, int64_t* hi) {
-  const int64_t step = (n / 2 + parts - 1) / parts * 2;  // even, so weight-row pairs stay together
-  *lo = part * step < n ? part * step : n;
-  *hi = (part + 1) * step < n ? (part + 1) * step : n;
-}
-
 }  // namespace
 
 extern "C" void rsa_moe_experts_f32(const float* hidden, const int64_t* expert_ids, const float* gate,
@@ -81,39 +71,29 @@ extern "C" void rsa_moe_experts_f32(const float* hidden, const int64_t* expert_i
 
   int64_t most = 0;
   for (int64_t e = 0; e < E; ++e) most = count[e + 1] - count[e] > most ? count[e + 1] - count[e] : most;
-  std::vector<float> x(most * H), a(most * 2 * I), act(most * I), y(most * H);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = count[e + 1] - count[e];
-    if (n == 0) continue;
-    const int64_t* rows = order.data() + count[e];
-    for (int64_t r = 0; r < n; ++r) std::memcpy(x.data() + r * H, hidden + rows[r] * H, sizeof(float) * H);
-    const float* wgu = gate_up + e * 2 * I * H;
-    const float* wd = down + e * H * I;
+  // experts in parallel, each whole on one thread: a token belongs to one expert, so the output
+  // rows never overlap, and no thread waits on another inside an expert
 #pragma omp parallel num_threads(threads)
-    {
-      int part = 0, parts = 1;
-#ifdef _OPENMP
-      part = omp_get_thread_num();
-      parts = omp_get_num_threads();
-#endif
-      int64_t lo, hi;
-      chunk(2 * I, part, parts, &lo, &hi);
-      rows_times_tokens(x.data(), n, wgu, H, a.data(), 2 * I, lo, hi);  // (n, 2I) = [g | u]
-#pragma omp barrier
-      chunk(I, part, parts, &lo, &hi);
+  {
+    std::vector<float> x(most * H), a(most * 2 * I), act(most * I), y(most * H);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = count[e + 1] - count[e];
+      if (n == 0) continue;
+      const int64_t* rows = order.data() + count[e];
+      for (int64_t r = 0; r < n; ++r) std::memcpy(x.data() + r * H, hidden + rows[r] * H, sizeof(float) * H);
+      rows_times_tokens(x.data(), n, gate_up + e * 2 * I * H, H, a.data(), 2 * I, 0, 2 * I);  // (n, 2I) = [g | u]
       for (int64_t r = 0; r < n; ++r)
-        for (int64_t i = lo; i < hi; ++i) {
+        for (int64_t i = 0; i < I; ++i) {
           const float g = a[r * 2 * I + i], u = a[r * 2 * I + I + i];
           act[r * I + i] = g / (1.f + std::exp(-g)) * u;  // silu(g) * u
         }
-#pragma omp barrier
-      chunk(H, part, parts, &lo, &hi);
-      rows_times_tokens(act.data(), n, wd, I, y.data(), H, lo, hi);  // (n, H)
-    }
-    for (int64_t r = 0; r < n; ++r) {
-      const float w = gate[rows[r]];
-      float* dst = out + rows[r] * H;
-      for (int64_t h = 0; h < H; ++h) dst[h] = y[r * H + h] * w;
+      rows_times_tokens(act.data(), n, down + e * H * I, I, y.data(), H, 0, H);  // (n, H)
+      for (int64_t r = 0; r < n; ++r) {
+        const float w = gate[rows[r]];
+        float* dst = out + rows[r] * H;
+        for (int64_t h = 0; h < H; ++h) dst[h] = y[r * H + h] * w;
+      }
     }
   }
 }

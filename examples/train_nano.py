@@ -29,6 +29,12 @@ the target also copied the picked candidate's lines), so it is not shipped.
         --own-rollouts R1 R2 R3 --tail-tokens 56 --max-tokens 384 --p-aggregate 0.6 \
         --decision-weight 10 --lr 5e-4 --out DIR
 
+Experimental: `--aggregator vote` (see `nano_data.vote_output`): list the candidates' answers, pick
+the most frequent, box it (about 25 tokens). Fine-tuned from the checking model above (500-650
+steps), it copied the answer lists well but picked erratically at temperature 1.0, and the
+fine-tune also sharpened the solver, which shrank what voting can gain: stage means 61.1 / 60.8 /
+61.4 and 59.1 / 60.8 / 60.1 in 200-problem evaluations, so it is not shipped either.
+
 Writes to --out: config.json, model.safetensors, generation_config.json, tokenizer files,
 rsa_preset.json and train_log.json (the loss curve), refreshed at every --save-every steps.
 """

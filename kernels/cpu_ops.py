@@ -3,7 +3,7 @@
 Only what the PyTorch twins cannot do well on a CPU lives here:
 - paged decode attention, whose twin gathers every sequence's blocks into padded copies and runs
   three batched ops over them (`cpp/paged_attention.cpp` reads the blocks in place, one pass per
-  sequence and kv head; 5-7x faster than the twin on the benchmark's shapes);
+  sequence and kv head; 6-10x faster than the twin on the benchmark's shapes);
 - the CCA epilogue, whose twin is ~30 small tensor ops with MB-sized temporaries
   (`cpp/cca_epilogue.cpp`: one pass per token, fp32 only);
 - the MoE experts when each expert sees only a few tokens (decode steps), where a BLAS GEMM
@@ -14,9 +14,10 @@ Only what the PyTorch twins cannot do well on a CPU lives here:
 - store_kv (row copies into the cache; the twin masks and gathers).
 Every other op falls back to its twin.
 
-The source is compiled on first use with the system C++ compiler (`$CXX`, else `c++`; about a
-second, no torch headers) into `$RSA_KERNEL_CACHE` (default `~/.cache/markovian-rsa/kernels`),
-keyed by the source, the flags and this machine's CPU, and loaded with ctypes. No compiler, or a
+The sources are compiled on first use with the system C++ compiler (`$CXX`, else `c++`; no
+torch headers, the files in parallel, 5-20 s on a 2-core box) into `$RSA_KERNEL_CACHE` (default
+`~/.cache/markovian-rsa/kernels`), keyed by the sources, the flags and this machine's CPU, and
+loaded with ctypes. No compiler, or a
 failed build: `load()` returns None, says why once in the log, and "cpu" is unavailable (the
 twins run). Shapes the kernel does not take (head dim not a multiple of 8, more than 16 query
 heads per kv head, fp16 caches) fall back to the twin per call.
@@ -41,8 +42,9 @@ from . import attention_ref, cca_ref, moe_ref, rmsnorm_ref
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).resolve().parent / "cpp" / name for name in ("paged_attention.cpp", "cca_epilogue.cpp",
-                                                                              "moe_experts.cpp", "rmsnorm.cpp"))
+CPP = Path(__file__).resolve().parent / "cpp"
+SOURCES = tuple(CPP / name for name in ("paged_attention.cpp", "cca_epilogue.cpp", "moe_experts.cpp", "rmsnorm.cpp"))
+HEADERS = (CPP / "vec8.h",)
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++17")
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _ARGTYPES = [_PTR] * 6 + [_I64] * 6 + [ctypes.c_float, ctypes.c_int]
@@ -62,7 +64,7 @@ def _cpu_id() -> str:
 
 
 def _build(compiler: str, cache: Path) -> Path:
-    text = b"".join(src.read_bytes() for src in SOURCES)
+    text = b"".join(src.read_bytes() for src in SOURCES + HEADERS)
     key = hashlib.sha256(text + " ".join((compiler, *FLAGS, _cpu_id())).encode()).hexdigest()[:16]
     lib = cache / f"rsa-cpu-kernels-{key}.so"
     if lib.exists():
@@ -114,6 +116,10 @@ def load() -> ctypes.CDLL | None:
     lib.rsa_merge_rmsnorm_f32.argtypes = [_PTR] * 9 + [_I64] * 2 + [ctypes.c_float, ctypes.c_int]
     lib.rsa_merge_rmsnorm_f32.restype = None
     return lib
+
+
+def _fp32_cpu(*tensors: torch.Tensor) -> bool:
+    return all(x.dtype == torch.float32 and x.device.type == "cpu" for x in tensors)
 
 
 _MAX_G, _MAX_D = 16, 256  # kMaxG, 8 * kMaxD8 in the source
@@ -192,8 +198,7 @@ def cca_epilogue(qk, v_cur, v_del, cos, sin, dw_weight, dw_bias, g_weight, g_bia
     lib = load()
     tensors = [qk, v_cur, v_del, cos, sin, dw_weight, dw_bias, g_weight, g_bias, temp]
     states = [x for x in (conv_state, value_state) if x is not None]
-    if (lib is None or any(x.dtype != torch.float32 or x.device.type != "cpu" for x in tensors + states)
-            or any(not x.is_contiguous() for x in states)):
+    if lib is None or not _fp32_cpu(*tensors, *states) or any(not x.is_contiguous() for x in states):
         return cca_ref.cca_epilogue(qk, v_cur, v_del, cos, sin, dw_weight, dw_bias, g_weight, g_bias, temp,
                                     conv_state, value_state, cu_seqlens, state_slots, fresh)
     t, c = qk.shape
@@ -229,8 +234,7 @@ def moe_experts(hidden, expert_ids, gate, gate_up_proj, down_proj):
     t, h = hidden.shape
     e, two_i, _ = gate_up_proj.shape
     tensors = (hidden, gate, gate_up_proj, down_proj)
-    if (lib is None or t > MOE_TOKENS_PER_EXPERT * e or h % 8 or two_i % 16 or t == 0
-            or any(x.dtype != torch.float32 or x.device.type != "cpu" for x in tensors)):
+    if lib is None or t > MOE_TOKENS_PER_EXPERT * e or h % 8 or two_i % 16 or t == 0 or not _fp32_cpu(*tensors):
         return moe_ref.moe_experts(hidden, expert_ids, gate, gate_up_proj, down_proj)
     ids = expert_ids.to(torch.int64).contiguous()
     if int(ids.min()) < 0 or int(ids.max()) > e:
@@ -240,10 +244,6 @@ def moe_experts(hidden, expert_ids, gate, gate_up_proj, down_proj):
     lib.rsa_moe_experts_f32(x.data_ptr(), ids.data_ptr(), g.data_ptr(), wgu.data_ptr(), wd.data_ptr(),
                             out.data_ptr(), t, h, two_i // 2, e, torch.get_num_threads())
     return out
-
-
-def _fp32_cpu(*tensors: torch.Tensor) -> bool:
-    return all(x.dtype == torch.float32 and x.device.type == "cpu" for x in tensors)
 
 
 def rmsnorm(x, weight, eps):

@@ -17,6 +17,8 @@
 #include <cstring>
 #include <vector>
 
+#include "vec8.h"
+
 namespace {
 
 struct Args {
@@ -30,13 +32,8 @@ struct Args {
   float eps;
 };
 
-typedef float f8 __attribute__((vector_size(32)));  // 8 floats
-
-inline f8 load8(const float* p) {
-  f8 x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
+using rsa_cpu::f8;
+using rsa_cpu::load8;
 
 // One token: `z[0..W]` are its W + 1 raw [Q0; K0] columns (oldest first), `dwt` the depthwise
 // weight as (t0, C), `wg` the grouped conv weight as (G, t1, D_in, D_out), `dw` and `mix` scratch

@@ -14,28 +14,23 @@
 #include <cstring>
 #include <vector>
 
+#include "vec8.h"
+
 namespace {
 
-typedef float f8 __attribute__((vector_size(32)));
+using rsa_cpu::f8;
+using rsa_cpu::hsum;
+using rsa_cpu::load8;
 
-inline f8 load8(const float* p) {
-  f8 x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-
-inline float hsum(f8 x) { return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7])); }
-
-// y (M, ldy) columns [o0, o1) = x (M, K) @ w (O, K)^T, two weight rows by up to four tokens at a time
-void rows_times_tokens(const float* x, int64_t M, const float* w, int64_t K, float* y, int64_t ldy, int64_t o0,
-                       int64_t o1) {
+// y (M, O) = x (M, K) @ w (O, K)^T, two weight rows by up to four tokens at a time
+void rows_times_tokens(const float* x, int64_t M, const float* w, int64_t K, float* y, int64_t O) {
   const int64_t k8 = K / 8;
-  for (int64_t o = o0; o < o1; o += 2) {
-    const bool pair = o + 1 < o1;
+  for (int64_t o = 0; o < O; o += 2) {
+    const bool pair = o + 1 < O;
     const float* w0 = w + o * K;
     const float* w1 = pair ? w0 + K : w0;
     // fetch the next pair of rows while this one is used: streaming the weights is the cost here
-    if (o + 3 < o1)
+    if (o + 3 < O)
       for (int64_t k = 0; k < 2 * K; k += 16) __builtin_prefetch(w0 + 2 * K + k, 0, 3);
     for (int64_t m0 = 0; m0 < M; m0 += 4) {
       const int64_t mn = M - m0 < 4 ? M - m0 : 4;
@@ -49,8 +44,8 @@ void rows_times_tokens(const float* x, int64_t M, const float* w, int64_t K, flo
         }
       }
       for (int64_t m = 0; m < mn; ++m) {
-        y[(m0 + m) * ldy + o] = hsum(acc[m][0]);
-        if (pair) y[(m0 + m) * ldy + o + 1] = hsum(acc[m][1]);
+        y[(m0 + m) * O + o] = hsum(acc[m][0]);
+        if (pair) y[(m0 + m) * O + o + 1] = hsum(acc[m][1]);
       }
     }
   }
@@ -82,13 +77,13 @@ extern "C" void rsa_moe_experts_f32(const float* hidden, const int64_t* expert_i
       if (n == 0) continue;
       const int64_t* rows = order.data() + count[e];
       for (int64_t r = 0; r < n; ++r) std::memcpy(x.data() + r * H, hidden + rows[r] * H, sizeof(float) * H);
-      rows_times_tokens(x.data(), n, gate_up + e * 2 * I * H, H, a.data(), 2 * I, 0, 2 * I);  // (n, 2I) = [g | u]
+      rows_times_tokens(x.data(), n, gate_up + e * 2 * I * H, H, a.data(), 2 * I);  // (n, 2I) = [g | u]
       for (int64_t r = 0; r < n; ++r)
         for (int64_t i = 0; i < I; ++i) {
           const float g = a[r * 2 * I + i], u = a[r * 2 * I + I + i];
           act[r * I + i] = g / (1.f + std::exp(-g)) * u;  // silu(g) * u
         }
-      rows_times_tokens(act.data(), n, down + e * H * I, I, y.data(), H, 0, H);  // (n, H)
+      rows_times_tokens(act.data(), n, down + e * H * I, I, y.data(), H);  // (n, H)
       for (int64_t r = 0; r < n; ++r) {
         const float w = gate[rows[r]];
         float* dst = out + rows[r] * H;

@@ -18,26 +18,13 @@
 #include <cstring>
 #include <vector>
 
+#include "vec8.h"
+
 namespace {
 
-typedef float f8 __attribute__((vector_size(32)));  // 8 floats: one AVX register, two NEON ones
-
-inline f8 load8(const float* p) {
-  f8 x;
-  std::memcpy(&x, p, sizeof(x));
-  return x;
-}
-
-inline f8 load8(const uint16_t* p) {  // bfloat16 -> float32 is a 16-bit left shift
-  f8 x;
-  for (int i = 0; i < 8; ++i) {
-    uint32_t bits = static_cast<uint32_t>(p[i]) << 16;
-    std::memcpy(&x[i], &bits, 4);
-  }
-  return x;
-}
-
-inline float hsum(f8 x) { return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7])); }
+using rsa_cpu::f8;
+using rsa_cpu::hsum;
+using rsa_cpu::load8;
 
 #if defined(__clang__)
 #define SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)

@@ -295,13 +295,19 @@ def cut_tail(tokenizer, text: str, tail_tokens: int) -> str:
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
+def _answers(tails: list[str]) -> list[str]:
+    """Each tail's last boxed answer, `?` for a tail without one."""
+    out = []
+    for tail in tails:
+        found = _BOXED.findall(tail)
+        out.append(found[-1] if found else "?")
+    return out
+
+
 def aggregate_target(problem: str, tails: list[str]) -> str:
     """The aggregation answer: the candidates' boxed answers in order (`?` for none), then a
     fresh correct solution."""
-    answers = []
-    for tail in tails:
-        found = _BOXED.findall(tail)
-        answers.append(found[-1] if found else "?")
+    answers = _answers(tails)
     trace = solve_trace(problem)
     return trace.replace(f"{THINK_OPEN}\n", f"{THINK_OPEN}\nanswers {' '.join(answers)}\n", 1)
 
@@ -440,27 +446,27 @@ def pick_example(problem: str, pool: list[str], rng: random.Random, tokenizer, t
     aggregator's own answers over random subsets of the pool (re-solves drawn from the pool),
     so the second aggregation round sees the candidates it will really see."""
     k = 4 if rng.random() < 0.9 else rng.randint(1, 3)
+    output = lambda tails, resolve: pick_output(problem, tails, resolve)  # noqa: E731
+    return _aggregation_example(problem, pool, rng, tokenizer, tail_tokens, k, p_second_round, output)
+
+
+def _aggregation_example(problem: str, pool: list[str], rng: random.Random, tokenizer, tail_tokens: int, k: int,
+                         p_second_round: float, output) -> Example:
+    """K candidates drawn from `pool` (first-round traces) or, with probability `p_second_round`,
+    from 8 outputs of the aggregator itself over random subsets of 4; the target is
+    `output(tails, resolve_trace)` with the correct trace to resolve with."""
     if rng.random() < p_second_round:
-        pool = [pick_output(problem, [cut_tail(tokenizer, t, tail_tokens) for t in rng.sample(pool, min(4, len(pool)))],
-                            rng.choice(pool)) for _ in range(8)]
+        pool = [output([cut_tail(tokenizer, t, tail_tokens) for t in rng.sample(pool, min(4, len(pool)))],
+                       rng.choice(pool)) for _ in range(8)]
     cands = [rng.choice(pool) for _ in range(k)] if len(pool) < k else rng.sample(pool, k)
     tails = [cut_tail(tokenizer, t, tail_tokens) for t in cands]
     prompt = render_aggregate(AGGREGATE_TEMPLATE, REFINE_TEMPLATE, problem, tails)
-    return Example(prompt, pick_output(problem, tails, solve_trace(problem)), "aggregate")
+    return Example(prompt, output(tails, solve_trace(problem)), "aggregate")
 
 
 # ---------------------------------------------------------------------------------------------
 # The voting aggregator: list the candidates' answers, keep the most frequent one
 # ---------------------------------------------------------------------------------------------
-def _answers(tails: list[str]) -> list[str]:
-    """Each tail's last boxed answer, `?` for a tail without one."""
-    out = []
-    for tail in tails:
-        found = _BOXED.findall(tail)
-        out.append(found[-1] if found else "?")
-    return out
-
-
 def vote_output(tails: list[str], resolve_trace: str) -> str:
     """The voting aggregator's answer over candidate tails, a deterministic function of them:
     `answers a1 a2 ...` (each candidate's last boxed answer, `?` for none), `pick X` for the
@@ -485,13 +491,7 @@ def vote_example(problem: str, pool: list[str], rng: random.Random, tokenizer, t
     With probability `p_second_round` the candidates are the aggregator's own outputs over
     random subsets of the pool, as the second round sees them."""
     k = 4 if rng.random() < 0.6 else rng.randint(1, 8)
-    if rng.random() < p_second_round:
-        pool = [vote_output([cut_tail(tokenizer, t, tail_tokens) for t in rng.sample(pool, min(4, len(pool)))],
-                            rng.choice(pool)) for _ in range(8)]
-    cands = [rng.choice(pool) for _ in range(k)] if len(pool) < k else rng.sample(pool, k)
-    tails = [cut_tail(tokenizer, t, tail_tokens) for t in cands]
-    prompt = render_aggregate(AGGREGATE_TEMPLATE, REFINE_TEMPLATE, problem, tails)
-    return Example(prompt, vote_output(tails, solve_trace(problem)), "aggregate")
+    return _aggregation_example(problem, pool, rng, tokenizer, tail_tokens, k, p_second_round, vote_output)
 
 
 def synthetic_pool(problem: str, rng: random.Random, n: int = 8) -> list[str]:

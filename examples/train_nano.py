@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "frequent, box it); `pick` and `vote` draw candidates from --own-rollouts "
                          "(half the time, when given) and from synthetic pools")
     ap.add_argument("--decision-weight", type=float, default=1.0,
-                    help="loss weight of the first token of each ` ok` / ` no` decision (checking aggregator)")
+                    help="loss weight of the tokens of each aggregator decision (` ok` / ` no` marks, the `pick X` line)")
     ap.add_argument("--tiny", action="store_true", help="smoke mode: a few steps of a smaller model")
     args = ap.parse_args(argv)
     if args.tiny:

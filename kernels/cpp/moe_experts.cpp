@@ -20,11 +20,39 @@ namespace {
 
 using rsa_cpu::f8;
 using rsa_cpu::hsum;
+using rsa_cpu::hsum8;
 using rsa_cpu::load8;
+
+// y[m][o], y[m][o + 1] for MN tokens m (MN <= 4, a template constant so the 2 x MN accumulators
+// stay in registers): w0, w1 two weight rows of K, x MN token rows of K, y rows of stride O
+template <int MN>
+inline void pair_times_tokens(const float* w0, const float* w1, const float* x, int64_t K, float* y, int64_t O,
+                              bool pair) {
+  f8 acc[MN][2] = {};
+  for (int64_t j = 0; j < K; j += 8) {
+    const f8 a = load8(w0 + j), b = load8(w1 + j);
+    for (int m = 0; m < MN; ++m) {
+      const f8 xv = load8(x + m * K + j);
+      acc[m][0] += xv * a;
+      acc[m][1] += xv * b;
+    }
+  }
+  if constexpr (MN == 4) {  // the eight sums in one transpose-add
+    const f8 s = hsum8(&acc[0][0]);
+    for (int m = 0; m < 4; ++m) {
+      y[m * O] = s[2 * m];
+      if (pair) y[m * O + 1] = s[2 * m + 1];
+    }
+  } else {
+    for (int m = 0; m < MN; ++m) {
+      y[m * O] = hsum(acc[m][0]);
+      if (pair) y[m * O + 1] = hsum(acc[m][1]);
+    }
+  }
+}
 
 // y (M, O) = x (M, K) @ w (O, K)^T, two weight rows by up to four tokens at a time
 void rows_times_tokens(const float* x, int64_t M, const float* w, int64_t K, float* y, int64_t O) {
-  const int64_t k8 = K / 8;
   for (int64_t o = 0; o < O; o += 2) {
     const bool pair = o + 1 < O;
     const float* w0 = w + o * K;
@@ -32,21 +60,13 @@ void rows_times_tokens(const float* x, int64_t M, const float* w, int64_t K, flo
     // fetch the next pair of rows while this one is used: streaming the weights is the cost here
     if (o + 3 < O)
       for (int64_t k = 0; k < 2 * K; k += 16) __builtin_prefetch(w0 + 2 * K + k, 0, 3);
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const int64_t mn = M - m0 < 4 ? M - m0 : 4;
-      f8 acc[4][2] = {};
-      for (int64_t j = 0; j < k8; ++j) {
-        const f8 a = load8(w0 + 8 * j), b = load8(w1 + 8 * j);
-        for (int64_t m = 0; m < mn; ++m) {
-          const f8 xv = load8(x + (m0 + m) * K + 8 * j);
-          acc[m][0] += xv * a;
-          acc[m][1] += xv * b;
-        }
-      }
-      for (int64_t m = 0; m < mn; ++m) {
-        y[(m0 + m) * O + o] = hsum(acc[m][0]);
-        if (pair) y[(m0 + m) * O + o + 1] = hsum(acc[m][1]);
-      }
+    int64_t m0 = 0;
+    for (; m0 + 4 <= M; m0 += 4) pair_times_tokens<4>(w0, w1, x + m0 * K, K, y + m0 * O + o, O, pair);
+    switch (M - m0) {
+      case 3: pair_times_tokens<3>(w0, w1, x + m0 * K, K, y + m0 * O + o, O, pair); break;
+      case 2: pair_times_tokens<2>(w0, w1, x + m0 * K, K, y + m0 * O + o, O, pair); break;
+      case 1: pair_times_tokens<1>(w0, w1, x + m0 * K, K, y + m0 * O + o, O, pair); break;
+      default: break;
     }
   }
 }

@@ -13,7 +13,6 @@
 //   out          (B, Hq, D)            float32, written
 // Query head h * G + g reads kv head h (GQA without repeating K/V). D must be a multiple of 8.
 
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -24,24 +23,9 @@ namespace {
 
 using rsa_cpu::f8;
 using rsa_cpu::hsum;
+using rsa_cpu::hsum8;
 using rsa_cpu::load8;
-
-#if defined(__clang__)
-#define SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)
-#else
-typedef int i8 __attribute__((vector_size(32)));
-#define SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shuffle(a, b, i8{i0, i1, i2, i3, i4, i5, i6, i7})
-#endif
-
-// lanes [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7]
-inline f8 hadd(f8 a, f8 b) { return SHUFFLE8(a, b, 0, 2, 8, 10, 4, 6, 12, 14) + SHUFFLE8(a, b, 1, 3, 9, 11, 5, 7, 13, 15); }
-
-// the eight horizontal sums of x[0..7] as one vector: a transpose-add instead of eight hsums
-inline f8 hsum8(const f8* x) {
-  const f8 u0 = hadd(hadd(x[0], x[1]), hadd(x[2], x[3]));  // [x0..x3 low-half sums | x0..x3 high-half sums]
-  const f8 u1 = hadd(hadd(x[4], x[5]), hadd(x[6], x[7]));
-  return SHUFFLE8(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) + SHUFFLE8(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
-}
+using rsa_cpu::softmax_row;
 
 constexpr int kMaxG = 16;   // query heads per kv head handled in registers
 constexpr int kMaxD8 = 32;  // head dim up to 256
@@ -55,7 +39,8 @@ void decode_one(const float* q, const T* k_cache, const T* v_cache, int32_t len,
   const int64_t G = G_ ? G_ : G_rt, d8 = D8_ ? D8_ : D8_rt, D = 8 * d8;
   const int64_t row_stride = KV * D, block_stride = BS * KV * D;
   const int32_t nblocks = static_cast<int32_t>((len + BS - 1) / BS);
-  scores.resize(static_cast<size_t>(G) * len);
+  const int64_t ld = (len + 7) / 8 * 8;  // score row stride
+  scores.resize(static_cast<size_t>(G * ld));
   float* s = scores.data();
   f8 qv[G_ ? G_ : kMaxG][D8_ ? D8_ : kMaxD8];
   for (int64_t g = 0; g < G; ++g)
@@ -78,7 +63,7 @@ void decode_one(const float* q, const T* k_cache, const T* v_cache, int32_t len,
       }
       for (int64_t g = 0; g < G; ++g) {
         const f8 s8 = hsum8(acc[g]);
-        std::memcpy(s + g * len + p, &s8, sizeof(s8));
+        std::memcpy(s + g * ld + p, &s8, sizeof(s8));
       }
     }
     for (; r < rows; ++r, ++p, krow += row_stride) {
@@ -87,24 +72,13 @@ void decode_one(const float* q, const T* k_cache, const T* v_cache, int32_t len,
       for (int64_t g = 0; g < G; ++g) {
         f8 acc = qv[g][0] * kr[0];
         for (int64_t j = 1; j < d8; ++j) acc += qv[g][j] * kr[j];
-        s[g * len + p] = hsum(acc);
+        s[g * ld + p] = hsum(acc);
       }
     }
   }
   // softmax per query head (the 1 / sum is applied to the output)
   float inv[G_ ? G_ : kMaxG];
-  for (int64_t g = 0; g < G; ++g) {
-    float* sg = s + g * len;
-    float m = sg[0];
-    for (int32_t p = 1; p < len; ++p) m = sg[p] > m ? sg[p] : m;
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int32_t p = 0; p < len; ++p) {
-      sg[p] = expf(sg[p] - m);
-      sum += sg[p];
-    }
-    inv[g] = 1.f / sum;
-  }
+  for (int64_t g = 0; g < G; ++g) inv[g] = softmax_row(s + g * ld, len, ld);
   // PV
   f8 acc[G_ ? G_ : kMaxG][D8_ ? D8_ : kMaxD8] = {};
   for (int32_t blk = 0, p = 0; blk < nblocks; ++blk) {
@@ -114,7 +88,7 @@ void decode_one(const float* q, const T* k_cache, const T* v_cache, int32_t len,
       f8 vr[D8_ ? D8_ : kMaxD8];
       for (int64_t j = 0; j < d8; ++j) vr[j] = load8(vrow + 8 * j);
       for (int64_t g = 0; g < G; ++g) {
-        const float w = s[g * len + p];
+        const float w = s[g * ld + p];
         for (int64_t j = 0; j < d8; ++j) acc[g][j] += w * vr[j];
       }
     }

@@ -75,6 +75,69 @@ def test_mixed_prefill_routes_decode_entries_through_the_kernel():
                                atol=2e-5, rtol=1e-5)
 
 
+def _prefill_step(hq: int, kv: int, d: int, bs: int, n_new: list[int], totals: list[int], dtype, seed: int = 0):
+    """A varlen step: sequence i has n_new[i] queries, the last of which sees totals[i] cached keys
+    (blocks shuffled in the pool). Returns attention_prefill's arguments."""
+    g = torch.Generator().manual_seed(seed)
+    max_blocks = -(-max(totals) // bs) + 1
+    num_blocks = len(totals) * max_blocks + 2
+    k_cache = torch.randn(num_blocks, bs, kv, d, generator=g).to(dtype)
+    v_cache = torch.randn(num_blocks, bs, kv, d, generator=g).to(dtype)
+    tables = torch.randperm(num_blocks, generator=g)[:len(totals) * max_blocks].view(len(totals), max_blocks)
+    t = sum(n_new)
+    q = torch.randn(t, hq, d, generator=g)
+    k, v = torch.randn(t, kv, d, generator=g), torch.randn(t, kv, d, generator=g)  # unused with a cache
+    cu = torch.tensor([0, *torch.tensor(n_new).cumsum(0).tolist()], dtype=torch.int32)
+    return (q, k, v, k_cache, v_cache, cu, torch.tensor(totals, dtype=torch.int32), tables.to(torch.int32),
+            max(n_new), max(totals), d ** -0.5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("hq,kv,d", [(8, 2, 32), (4, 4, 64), (6, 2, 40), (16, 1, 128), (2, 2, 8)])
+@pytest.mark.parametrize("bs", [16, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefill_kernel_matches_the_twin(hq, kv, d, bs, dtype):
+    """Fresh prompts (n = total), chunks that continue a cached context (n < total), decode entries
+    (n = 1), an empty entry, odd row counts, query blocks that split a long chunk (G 1: 64 rows per
+    item), the compile-time and runtime head dims (D 40: D / 8 = 5), block sizes that do and do not
+    divide the lengths."""
+    n_new, totals = [7, 1, 0, 33, 150, 1, 13], [7, 40, 5, 33, 170, 1, 29]
+    args = _prefill_step(hq, kv, d, bs, n_new, totals, dtype)
+    ours = cpu_ops.attention_prefill(*args)
+    ref = attention_ref.attention_prefill(*args)
+    assert ours.dtype == torch.float32 and ours.shape == (sum(n_new), hq, d)
+    torch.testing.assert_close(ours, ref, atol=3e-5, rtol=1e-5)
+
+
+@needs_kernels
+def test_prefill_kernel_results_do_not_depend_on_threads():
+    args = _prefill_step(8, 2, 32, 16, [64, 200, 1, 90], [64, 260, 30, 90], torch.float32, seed=3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu_ops.attention_prefill(*args)
+        torch.set_num_threads(2)
+        two = cpu_ops.attention_prefill(*args)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)  # each (sequence, head, query block) is one task
+
+
+@needs_kernels
+def test_prefill_kernel_bad_indices_are_errors_not_crashes():
+    q, k, v, k_cache, v_cache, cu, totals, tables, mq, ms, scale = _prefill_step(4, 2, 32, 4, [3, 5], [6, 5],
+                                                                                 torch.float32)
+    with pytest.raises(ValueError, match="seq_lens must lie in query count"):  # 5 queries cannot see 4 keys
+        cpu_ops.attention_prefill(q, k, v, k_cache, v_cache, cu, torch.tensor([6, 4], dtype=torch.int32), tables,
+                                  mq, ms, scale)
+    with pytest.raises(ValueError, match="cu_seqlens must rise from 0 to 8"):
+        cpu_ops.attention_prefill(q, k, v, k_cache, v_cache, torch.tensor([0, 3, 9], dtype=torch.int32), totals,
+                                  tables, mq, ms, scale)
+    tables[0, 0] = -1
+    with pytest.raises(ValueError, match="block_tables reference blocks outside"):
+        cpu_ops.attention_prefill(q, k, v, k_cache, v_cache, cu, totals, tables, mq, ms, scale)
+
+
 @needs_kernels
 def test_unsupported_shapes_fall_back_to_the_twin():
     """Head dim 20 is not a multiple of 8: the twin runs and the result is still right."""

@@ -53,18 +53,18 @@ def main() -> None:
     torch.nn.Linear.forward = lambda self, x: timed("nn.Linear (projections, router)", linear, acc)(self, x)
     with tempfile.TemporaryDirectory() as path:
         build(path, vocab)
-        llm = LLM(path, max_num_seqs=n, max_num_batched_tokens=1024)
+        llm = LLM(path, max_num_seqs=n)  # engine defaults, as in engine_vs_hf.py
         greedy = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
         for i, p in enumerate(prompts):
             llm.add_request(p, greedy, ("profile", i))
-        phases: dict[str, list] = {"prefill (chunks of <= 1024 tokens)": [], "decode": []}
+        phases: dict[str, list] = {"prefill (chunks of <= 2048 tokens)": [], "decode": []}
         while llm.has_unfinished():
             decoding = all(s.num_computed >= s.num_prompt_tokens for s in llm.scheduler.running) \
                 and not llm.scheduler.waiting
             acc.clear()
             start = time.perf_counter()
             llm.step()
-            phases["decode" if decoding else "prefill (chunks of <= 1024 tokens)"].append(
+            phases["decode" if decoding else "prefill (chunks of <= 2048 tokens)"].append(
                 (time.perf_counter() - start, dict(acc)))
     print(f"{n} requests, {args.threads} threads")
     for phase, steps in phases.items():

@@ -451,12 +451,12 @@ def pick_example(problem: str, pool: list[str], rng: random.Random, tokenizer, t
 
 
 def _aggregation_example(problem: str, pool: list[str], rng: random.Random, tokenizer, tail_tokens: int, k: int,
-                         p_second_round: float, output) -> Example:
+                         p_second_round: float, output, subset: int = 4) -> Example:
     """K candidates drawn from `pool` (first-round traces) or, with probability `p_second_round`,
-    from 8 outputs of the aggregator itself over random subsets of 4; the target is
+    from 8 outputs of the aggregator itself over random subsets of `subset`; the target is
     `output(tails, resolve_trace)` with the correct trace to resolve with."""
     if rng.random() < p_second_round:
-        pool = [output([cut_tail(tokenizer, t, tail_tokens) for t in rng.sample(pool, min(4, len(pool)))],
+        pool = [output([cut_tail(tokenizer, t, tail_tokens) for t in rng.sample(pool, min(subset, len(pool)))],
                        rng.choice(pool)) for _ in range(8)]
     cands = [rng.choice(pool) for _ in range(k)] if len(pool) < k else rng.sample(pool, k)
     tails = [cut_tail(tokenizer, t, tail_tokens) for t in cands]
@@ -492,6 +492,53 @@ def vote_example(problem: str, pool: list[str], rng: random.Random, tokenizer, t
     random subsets of the pool, as the second round sees them."""
     k = 4 if rng.random() < 0.6 else rng.randint(1, 8)
     return _aggregation_example(problem, pool, rng, tokenizer, tail_tokens, k, p_second_round, vote_output)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pair aggregator: plurality of three candidates with one comparison
+# ---------------------------------------------------------------------------------------------
+_RESULT_LINE = re.compile(r"^=(-?\d+)$", re.M)  # the scratchpad's zero-padded result, e.g. `=01239`
+
+
+def _result_line(tail: str) -> str:
+    """A tail's last scratchpad result line without its `=` (fixed width for a problem's form), `?` for none."""
+    found = _RESULT_LINE.findall(tail)
+    return found[-1] if found else "?"
+
+
+def pair_output(tails: list[str], resolve_trace: str) -> str:
+    """The K=3 aggregator's answer. Plurality voting needs counting; over three candidates it is
+    one equality test: if candidates 2 and 3 agree their answer is the plurality, otherwise
+    candidate 1's is (it equals one of them, or all three differ and the earliest wins). The test
+    is written out so that each step is local for a tiny model at temperature 1.0:
+    `cmp X Y` copies the result lines of candidates 2 and 3 (one width per problem form),
+    `match` puts one mark per character (`=` equal, `x` not; mark j sits a fixed distance after
+    both characters it compares), then `same` (no `x`) or `differ`, then `\\boxed{...}` of the
+    chosen candidate. A candidate without an answer never wins over one with; when none has one,
+    `solve` and a fresh trace."""
+    answers = _answers(tails)
+    given = [a for a in answers if a != "?"]
+    if not given or len(tails) < 3:
+        listed = f"{THINK_OPEN}\nanswers {' '.join(answers)}\n"
+        if not given:
+            return listed + "solve\n" + resolve_trace.split(f"{THINK_OPEN}\n", 1)[-1]
+        return f"{listed}{THINK_CLOSE}\n\n\\boxed{{{given[0]}}}"
+    x, y = _result_line(tails[1]), _result_line(tails[2])
+    marks = "".join("=" if j < min(len(x), len(y)) and x[j] == y[j] and x != "?" else "x"
+                    for j in range(max(len(x), len(y))))
+    same = x == y != "?" and answers[1] != "?"
+    choice = answers[1] if same else answers[0] if answers[0] != "?" else given[0]
+    return (f"{THINK_OPEN}\ncmp {x} {y}\nmatch {marks}\n{'same' if same else 'differ'}\n"
+            f"{THINK_CLOSE}\n\n\\boxed{{{choice}}}")
+
+
+def pair_example(problem: str, pool: list[str], rng: random.Random, tokenizer, tail_tokens: int,
+                 p_second_round: float = 0.5) -> Example:
+    """An aggregation example for the pair aggregator: always three candidates, drawn from
+    `pool` (first-round traces) or, with probability `p_second_round`, from the aggregator's own
+    outputs over random subsets of three."""
+    return _aggregation_example(problem, pool, rng, tokenizer, tail_tokens, 3, p_second_round, pair_output,
+                                subset=3)
 
 
 def synthetic_pool(problem: str, rng: random.Random, n: int = 8) -> list[str]:

@@ -35,6 +35,19 @@ steps), it copied the answer lists well but picked erratically at temperature 1.
 fine-tune also sharpened the solver, which shrank what voting can gain: stage means 61.1 / 60.8 /
 61.4 and 59.1 / 60.8 / 60.1 in 200-problem evaluations, so it is not shipped either.
 
+Experimental: `--aggregator pair` (see `nano_data.pair_output`): K = 3, where plurality voting is
+one equality test (candidates 2 and 3 agree, or candidate 1 wins), written out as `cmp X Y` (the
+two result lines), `match` marks and `same` / `differ`. `--self-distill` makes the solve
+examples the model's own first-round traces, so that the solver's distribution (and what voting
+can gain from it) stays where it was. Fine-tuned from the checking model with its own rollouts,
+the model copies the result lines but has not learned the marks: after 500 steps, greedy on
+300 training problems' own candidates, the `cmp` line was right in 260, the marks in 122 and the
+verdict in 141. The first form of it, a bare `same` / `differ` after the answer list, lowered accuracy round by round
+(stage means 51.4 / 50.6 / 49.0 / 47.6 at N 8, K 3, 3 rounds).
+
+    python examples/train_nano.py --init-from CKPT --aggregator pair --own-rollouts R --self-distill \
+        --p-aggregate 0.6 --lr 2e-4 --decision-weight 3 --tail-tokens 56 --out DIR
+
 Writes to --out: config.json, model.safetensors, generation_config.json, tokenizer files,
 rsa_preset.json and train_log.json (the loss curve), refreshed at every --save-every steps.
 """
@@ -54,8 +67,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nano_data import (  # noqa: E402
-    END, PAD, build_tokenizer, make_example, own_example, pick_example, solve_trace, synthetic_pool, tokenizer_corpus,
-    vote_example,
+    END, PAD, Example, build_tokenizer, make_example, own_example, pair_example, pick_example, solve_trace,
+    synthetic_pool, tokenizer_corpus, vote_example,
 )
 
 from rsa.problems import extract_answer  # noqa: E402
@@ -94,14 +107,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "examples are then drawn from them (on-policy tails, `pick` targets), not synthesised")
     ap.add_argument("--own-answer-pick", action="store_true",
                     help="with --own-rollouts: after `pick X` answer X at once instead of solving again")
-    ap.add_argument("--aggregator", choices=["resolve", "pick", "vote"], default="resolve",
+    ap.add_argument("--aggregator", choices=["resolve", "pick", "vote", "pair"], default="resolve",
                     help="aggregation targets: `resolve` (list the answers, solve again) or `pick` (check each "
                          "candidate's visible lines, keep the plurality of those that pass and copy its lines; "
                          "solve again only when none passes) or `vote` (list the answers, pick the most "
-                         "frequent, box it); `pick` and `vote` draw candidates from --own-rollouts "
-                         "(half the time, when given) and from synthetic pools")
+                         "frequent, box it) or `pair` (three candidates: compare the last two's result "
+                         "lines mark by mark, `same` or `differ`, box the plurality); `pick`, `vote` and "
+                         "`pair` draw candidates from --own-rollouts (half the time, when given) and from "
+                         "synthetic pools")
+    ap.add_argument("--self-distill", action="store_true",
+                    help="with --own-rollouts: solve examples are the model's own first-round traces (right or "
+                         "wrong), so training the aggregator leaves the solver's distribution where it was")
     ap.add_argument("--decision-weight", type=float, default=1.0,
-                    help="loss weight of the tokens of each aggregator decision (` ok` / ` no` marks, the `pick X` line)")
+                    help="loss weight of the tokens of each aggregator decision (` ok` / ` no` marks, the "
+                         "`pick X` line, the `match` marks and `same` / `differ`)")
     ap.add_argument("--tiny", action="store_true", help="smoke mode: a few steps of a smaller model")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -125,7 +144,7 @@ def model_config(args: argparse.Namespace, tok):
     )
 
 
-_DECISION = re.compile(r" (?:ok|no)(?=\n)|pick [^\n]*")
+_DECISION = re.compile(r" (?:ok|no)(?=\n)|pick [^\n]*|match [^\n]*|(?<=\n)(?:same|differ)(?=\n)")
 
 
 def encode(tok, example, decision_weight: float = 1.0) -> tuple[list[int], list[int], list[float]]:
@@ -152,7 +171,7 @@ def batches(args, tok, rng: random.Random):
     while True:
         problems = make("arith", index + pool_size, TRAIN_SEED)[index:]
         index += pool_size
-        if args.aggregator in ("pick", "vote"):
+        if args.aggregator in ("pick", "vote", "pair"):
             pool = [solve_or_pick(p.problem, own, rng, tok, args) for p in problems]
         elif own:  # aggregation on the model's own candidates, solve examples on fresh problems
             pool = [own_example(rng.choice(own), rng, tok, args.tail_tokens,
@@ -172,8 +191,12 @@ def solve_or_pick(problem: str, own: list[dict], rng: random.Random, tok, args):
     aggregator over the model's own first-round traces of a training problem (half the time,
     when there are any) or over a synthetic pool of right and slipped traces of `problem`."""
     if rng.random() >= args.p_aggregate:
+        if args.self_distill and own:  # on-policy: the expected gradient on the solver is zero
+            record = rng.choice(own)
+            return Example(render_solve(SOLVE_TEMPLATE, record["problem"]), rng.choice(record["stages"][0])["trace"],
+                           "solve")
         return make_example(problem, rng, tok, args.tail_tokens, 0.0)
-    example = vote_example if args.aggregator == "vote" else pick_example
+    example = {"vote": vote_example, "pair": pair_example}.get(args.aggregator, pick_example)
     if own and rng.random() < 0.5:
         record = rng.choice(own)
         traces = [c["trace"] for stage in record["stages"] for c in stage]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -88,31 +89,71 @@ def test_vote_output_lists_the_answers_and_keeps_the_most_frequent(tokenizer):
     assert out.startswith("<think>\nanswers ? ?\nsolve\n") and extract_answer(out) == "935"
 
 
-def test_vote_example_targets_follow_its_candidates(tokenizer):
+def test_pair_output_is_the_plurality_of_three_by_one_comparison(tokenizer):
+    problem = "What is 1024 - 89?"
+    right = nano_data.solve_trace(problem)
+    tail = {"r": nano_data.cut_tail(tokenizer, right, 56), "?": "no answer here"}
+    for name, digit in (("w", "1"), ("o", "2")):  # slips in the hundreds digit, in the result line and the box
+        tail[name] = tail["r"].replace("=0935", f"=0{digit}35").replace("{935}", "{" + digit + "35}")
+
+    def out(names: str) -> str:
+        return nano_data.pair_output([tail[n] for n in names], resolve_trace=right)
+
+    assert out("wrr") == "<think>\ncmp 0935 0935\nmatch ====\nsame\n</think>\n\n\\boxed{935}"
+    assert out("rwr") == "<think>\ncmp 0135 0935\nmatch =x==\ndiffer\n</think>\n\n\\boxed{935}"  # a1 = a3
+    assert out("rww").endswith("same\n</think>\n\n\\boxed{135}")  # two agreeing slips win, as in any vote
+    assert out("owr").endswith("differ\n</think>\n\n\\boxed{235}")  # all differ: the earliest
+    assert out("r??") == "<think>\ncmp ? ?\nmatch x\ndiffer\n</think>\n\n\\boxed{935}"  # two blanks are not "same"
+    assert out("?rw").endswith("differ\n</think>\n\n\\boxed{935}")  # no answer never wins over one
+    resolved = out("???")
+    assert resolved.startswith("<think>\nanswers ? ? ?\nsolve\n") and extract_answer(resolved) == "935"
+    for names in ("wrr", "rwr", "rww", "owr", "wro", "rrw", "?rw", "r?w"):  # always the plurality, earliest on ties
+        answers = [extract_answer(tail[n]) for n in names if n != "?"]
+        best = max(answers, key=lambda a: (answers.count(a), -answers.index(a)))
+        assert extract_answer(out(names)) == best, names
+
+
+@pytest.mark.parametrize("aggregator,k", [("vote", None), ("pair", 3)])
+def test_aggregation_examples_box_the_plurality_of_the_candidates_shown(tokenizer, aggregator, k):
+    """vote_example and pair_example, on first-round and second-round candidates: the target boxes
+    the most frequent answer among the candidates in the prompt (the earliest on a tie); the
+    pair aggregator always sees three."""
     rng = random.Random(1)
     problem = "What is 345 * 78?"
     pool = nano_data.synthetic_pool(problem, rng)
-    for second_round in (0.0, 1.0):
-        example = nano_data.vote_example(problem, pool, rng, tokenizer, 56, p_second_round=second_round)
-        shown = example.prompt.count("--- Candidate")
-        listed = example.target.split("\n")[1].split(" ")[1:]
-        assert example.kind == "aggregate" and len(listed) == shown >= 1
-        assert extract_answer(example.target) == max(listed, key=lambda a: (listed.count(a), -listed.index(a)))
+    make = getattr(nano_data, f"{aggregator}_example")
+    for second_round in (0.0, 1.0, 1.0):
+        example = make(problem, pool, rng, tokenizer, 56, p_second_round=second_round)
+        tails = re.findall(r"--- Candidate \d+ ---\n(.*?)\n--- End of candidate", example.prompt, re.S)
+        given = [a for a in map(extract_answer, tails) if a is not None]
+        assert example.kind == "aggregate" and len(tails) >= 1 and (k is None or len(tails) == k)
+        best = max(given, key=lambda a: (given.count(a), -given.index(a))) if given else "26910"
+        assert extract_answer(example.target) == best
 
 
-@pytest.mark.parametrize("aggregator", ["resolve", "pick", "vote"])
-def test_train_nano_tiny_run_writes_a_loadable_checkpoint(tmp_path, aggregator):
-    """`examples/train_nano.py --tiny` (a few steps of a smaller model) for both aggregation
-    targets: the script runs end to end and writes a checkpoint transformers loads."""
+@pytest.mark.parametrize("aggregator,own", [("resolve", False), ("pick", False), ("vote", False), ("pair", True)])
+def test_train_nano_tiny_run_writes_a_loadable_checkpoint(tmp_path, aggregator, own):
+    """`examples/train_nano.py --tiny` (a few steps of a smaller model) for each aggregation
+    target (`pair` also with own rollouts as candidates and, --self-distill, as solve targets):
+    the script runs end to end and writes a checkpoint transformers loads."""
     import json
     import subprocess
 
     from transformers import ZayaForCausalLM
 
     script = Path(__file__).resolve().parents[1] / "examples" / "train_nano.py"
-    proc = subprocess.run([sys.executable, str(script), "--tiny", "--aggregator", aggregator, "--out", str(tmp_path),
-                           "--decision-weight", "5"], capture_output=True, text=True, timeout=300)
+    extra = []
+    if own:  # two problems' first-round rollouts in nano_rollouts.py's format, one of them wrong
+        rng = random.Random(3)
+        rows = [{"problem": p, "stages": [[{"trace": t} for t in (nano_data.solve_trace(p),
+                                                                   nano_data.wrong_trace(p, rng))]]}
+                for p in ("What is 12 + 30?", "What is 7 * 8?")]
+        (tmp_path / "own.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        extra = ["--own-rollouts", str(tmp_path / "own.jsonl"), "--self-distill"]
+    out = tmp_path / "ckpt"
+    proc = subprocess.run([sys.executable, str(script), "--tiny", "--aggregator", aggregator, "--out", str(out),
+                           "--decision-weight", "5", *extra], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    log = json.loads((tmp_path / "train_log.json").read_text())
+    log = json.loads((out / "train_log.json").read_text())
     assert log["steps_done"] == 6 and all(r["loss"] == r["loss"] for r in log["curve"])  # finite, not NaN
-    assert ZayaForCausalLM.from_pretrained(tmp_path).config.model_type == "zaya"
+    assert ZayaForCausalLM.from_pretrained(out).config.model_type == "zaya"

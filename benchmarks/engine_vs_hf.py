@@ -91,12 +91,9 @@ def main() -> None:
         for _ in range(args.repeat):  # interleaved; the fastest of each is the least disturbed by other jobs
             outs, t = timed(lambda: llm.generate(prompts, greedy))
             t_ours = min(t_ours, t)
-            ops.set_backend("torch")
-            try:
+            with ops.use_backend("torch"):
                 twin_outs, t = timed(lambda: llm.generate(prompts, greedy))
-                t_twin = min(t_twin, t)
-            finally:
-                ops.set_backend(backend)
+            t_twin = min(t_twin, t)
             hf_tok, t = timed(lambda: hf_generate(hf, prompts, new, hf_batch))
             t_hf = min(t_hf, t)
         ours_tok = sum(len(o.token_ids) for o in outs)

@@ -22,8 +22,10 @@ Ops (shapes in each twin's docstring; T flat tokens, B sequences, H hidden, Hq/K
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
@@ -87,6 +89,18 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """`with use_backend("torch"): ...` runs the block on that backend and restores the previous
+    one afterwards, also when the block raises. Not thread-safe: the backend is process-wide."""
+    previous = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
 
 
 def default_backend() -> str:

@@ -159,17 +159,13 @@ def test_bad_indices_are_errors_not_crashes():
 @needs_kernels
 def test_cpu_backend_is_the_default_here_and_selects_the_kernels():
     assert ops.default_backend() == "cpu"
-    previous = ops.get_backend()
-    try:
-        ops.set_backend("cpu")
+    with ops.use_backend("cpu"):
         assert ops.attention_decode is cpu_ops.attention_decode
         assert ops.attention_prefill is cpu_ops.attention_prefill
         assert ops.cca_epilogue is cpu_ops.cca_epilogue and ops.moe_experts is cpu_ops.moe_experts
         assert ops.rmsnorm is cpu_ops.rmsnorm and ops.merge_rmsnorm is cpu_ops.merge_rmsnorm
         assert ops.store_kv is cpu_ops.store_kv
         assert ops.lm_head.__module__.endswith("logits_ref")  # no C++ version: the twin
-    finally:
-        ops.set_backend(previous)
 
 
 def test_a_failed_build_leaves_the_twins_and_says_why(tmp_path, monkeypatch, caplog):

@@ -32,10 +32,8 @@ def check(ours, ref, tol, what):
 
 @pytest.fixture(autouse=True)
 def torch_backend():
-    previous = ops.get_backend()
-    ops.set_backend("torch")
-    yield
-    ops.set_backend(previous)
+    with ops.use_backend("torch"):
+        yield
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -227,6 +225,18 @@ def test_set_backend_validates_and_falls_back_per_op(monkeypatch):
     assert ops.moe_experts is moe_ref.moe_experts and ops.attention_decode is attention_ref.attention_decode
     ops.set_backend("torch")
     assert ops.rmsnorm is rmsnorm_ref.rmsnorm
+
+
+def test_use_backend_restores_the_previous_backend_even_on_error():
+    assert ops.get_backend() == "torch"
+    with pytest.raises(RuntimeError, match="inside"):
+        with ops.use_backend("cpu" if ops._cpu_module() is not None else "torch"):
+            assert ops.get_backend() in ("cpu", "torch")
+            raise RuntimeError("inside")
+    assert ops.get_backend() == "torch" and ops.cca_epilogue is cca_ref.cca_epilogue
+    with pytest.raises(ValueError, match="one of"), ops.use_backend("cuda"):
+        pass
+    assert ops.get_backend() == "torch"
 
 
 def test_triton_backend_unavailable_without_kernels():

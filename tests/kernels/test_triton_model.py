@@ -43,9 +43,7 @@ def _run(model, backend: str) -> list[torch.Tensor]:
     """No-cache logits of 2 x 9 tokens, then a cached prefill of lengths 9 and 4 and one decode step."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 131, (2, 9), generator=g).to(DEV)
-    previous = ops.get_backend()
-    ops.set_backend(backend)
-    try:
+    with ops.use_backend(backend):
         out = [model.logits(ids)]
         dtype = model.model.embed_tokens.weight.dtype
         cache = ContiguousCache.for_config(model.config, max_seqs=3, max_len=12, dtype=dtype, device=DEV)
@@ -57,8 +55,6 @@ def _run(model, backend: str) -> list[torch.Tensor]:
             pos = torch.tensor(lens, device=DEV)
             out.append(model.compute_logits(model(ids[:, 4], pos, cache.context([1, 1], lens, [2, 0]))))
         return out
-    finally:
-        ops.set_backend(previous)
 
 
 STEPS = ("no-cache forward", "cached varlen prefill", "decode step")

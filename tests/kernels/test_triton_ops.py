@@ -234,15 +234,11 @@ def test_align_block_size_groups_tokens_by_expert():
 # ---- dispatch -----------------------------------------------------------------------------------------
 
 def test_set_backend_triton_selects_the_kernels():
-    previous = ops.get_backend()
-    try:
-        ops.set_backend("triton")
+    with ops.use_backend("triton"):
         assert ops.cca_epilogue is cca_triton.cca_epilogue and ops.moe_experts is moe_triton.moe_experts
         assert ops.attention_decode is attention_triton.attention_decode
         assert ops.merge_rmsnorm is rmsnorm_triton.merge_rmsnorm
         assert ops.lm_head.__module__.endswith("logits_ref")  # cuBLAS GEMM: the twin on every backend
-    finally:
-        ops.set_backend(previous)
 
 
 def test_pick_config_uses_the_largest_bucket_at_or_below_m(monkeypatch):

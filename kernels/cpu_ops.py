@@ -78,9 +78,11 @@ def _build(compiler: str, cache: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # build aside, then publish atomically
         objects = [Path(tmp) / f"{src.stem}.o" for src in SOURCES]
         jobs = [subprocess.Popen([compiler, *FLAGS, "-c", str(src), "-o", str(obj)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for src, obj in zip(SOURCES, objects)]  # in parallel
+                                 stderr=subprocess.PIPE, text=True)
+                for src, obj in zip(SOURCES, objects)]  # in parallel
         errors = [job.communicate()[1] for job in jobs]  # drains the pipes, then waits
-        failed = [f"{src.name}: {err.strip()[-2000:]}" for src, job, err in zip(SOURCES, jobs, errors) if job.returncode]
+        failed = [f"{src.name}: {err.strip()[-2000:]}"
+                  for src, job, err in zip(SOURCES, jobs, errors) if job.returncode]
         out = Path(tmp) / lib.name
         if not failed:
             link = subprocess.run([compiler, "-shared", "-fopenmp", *map(str, objects), "-o", str(out)],

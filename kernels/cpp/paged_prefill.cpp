@@ -20,7 +20,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "vec8.h"
@@ -32,26 +31,20 @@ using rsa_cpu::load8;
 using rsa_cpu::softmax_row;
 using rsa_cpu::splat;
 using rsa_cpu::store8;
+using rsa_cpu::to_float;
 
 constexpr int kRowsPerItem = 64;  // query rows (positions x G heads) per work item
 constexpr int kMaxD8 = 32;        // head dim up to 256
 constexpr int kKeyChunk = 128;    // value rows per P V pass
 
-inline float to_float(float x) { return x; }
-inline float to_float(uint16_t x) {
-  const uint32_t bits = static_cast<uint32_t>(x) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 struct Scratch {
-  std::vector<float> qs, s, acc, inv;  // (R, D) scaled queries, (R, S16) scores, (R, D) P V sums, (R,) 1 / softmax sum
-  std::vector<int32_t> count;     // (R,) keys each row sees
+  std::vector<float> qs, s, acc, inv;  // (R, D) scaled queries, (R, S16) scores, (R, D) P V sums,
+                                       // (R,) 1 / softmax sum
+  std::vector<int32_t> count;          // (R,) keys each row sees
 };
 
 // One sequence's keys and values for one kv head, unpacked from the pages: kt (D, ld) transposed,
-// vs (ld, D), the padding zero.
+// its padding columns zero (score tiles read them); vs (ld, D), rows past seq_len never read.
 struct Unpacked {
   float* kt;
   float* vs;
@@ -66,7 +59,6 @@ template <typename T>
 void unpack(const T* k_cache, const T* v_cache, const int32_t* table, int64_t len, int64_t h, int64_t KV,
             int64_t D, int64_t BS, const Unpacked& u) {
   std::fill(u.kt, u.kt + D * u.ld, 0.f);
-  std::fill(u.vs + len * D, u.vs + u.ld * D, 0.f);
   for (int64_t p = 0; p < len; ++p) {
     const int64_t row = (static_cast<int64_t>(table[p / BS]) * BS + p % BS) * KV + h;
     const T* kr = k_cache + row * D;
@@ -133,12 +125,17 @@ struct Item {
   int32_t b, h, i0, i1;  // sequence, kv head, query positions [i0, i1) of the sequence's chunk
 };
 
+// keys the item's last query sees: query i of sequence b sits at position seq_lens[b] - n_b + i
+inline int64_t item_keys(const Item& it, const int32_t* cu_seqlens, const int32_t* seq_lens) {
+  return seq_lens[it.b] - (cu_seqlens[it.b + 1] - cu_seqlens[it.b]) + it.i1;
+}
+
 void prefill_item(const Item& it, const float* q, const Unpacked& u, const int32_t* cu_seqlens,
                   const int32_t* seq_lens, float* out, int64_t Hq, int64_t KV, int64_t D, float scale, PvFn pv,
                   Scratch& sc) {
   const int64_t G = Hq / KV, n = cu_seqlens[it.b + 1] - cu_seqlens[it.b], len = seq_lens[it.b];
-  const int64_t first = len - n;                                 // position of query 0
-  const int64_t keys = first + it.i1;                            // keys the block's last query sees
+  const int64_t first = len - n;  // position of query 0
+  const int64_t keys = item_keys(it, cu_seqlens, seq_lens);
   const int64_t s16 = (keys + 15) / 16 * 16;
   const int64_t rows = (it.i1 - it.i0) * G, rows4 = (rows + 3) / 4 * 4;
   sc.qs.assign(static_cast<size_t>(rows4 * D), 0.f);
@@ -190,8 +187,7 @@ void prefill(const float* q, const T* k_cache, const T* v_cache, const int32_t* 
   }
   // longest key ranges first, so the dynamic schedule does not end on one long item
   std::sort(items.begin(), items.end(), [&](const Item& x, const Item& y) {
-    return seq_lens[x.b] - (cu_seqlens[x.b + 1] - cu_seqlens[x.b]) + x.i1 >
-           seq_lens[y.b] - (cu_seqlens[y.b + 1] - cu_seqlens[y.b]) + y.i1;
+    return item_keys(x, cu_seqlens, seq_lens) > item_keys(y, cu_seqlens, seq_lens);
   });
   std::vector<int64_t> offset(static_cast<size_t>(B * KV + 1), 0);  // of each (b, h)'s unpacked K and V
   for (int64_t bh = 0; bh < B * KV; ++bh) {
@@ -211,12 +207,14 @@ void prefill(const float* q, const T* k_cache, const T* v_cache, const int32_t* 
     for (int64_t bh = 0; bh < B * KV; ++bh) {
       const int64_t b = bh / KV;
       if (cu_seqlens[b + 1] > cu_seqlens[b])
-        unpack(k_cache, v_cache, block_tables + b * max_blocks, seq_lens[b], bh % KV, KV, D, BS, unpacked(b, bh % KV));
+        unpack(k_cache, v_cache, block_tables + b * max_blocks, seq_lens[b], bh % KV, KV, D, BS,
+               unpacked(b, bh % KV));
     }
     Scratch sc;
 #pragma omp for schedule(dynamic, 1)
     for (size_t k = 0; k < items.size(); ++k)
-      prefill_item(items[k], q, unpacked(items[k].b, items[k].h), cu_seqlens, seq_lens, out, Hq, KV, D, scale, pv, sc);
+      prefill_item(items[k], q, unpacked(items[k].b, items[k].h), cu_seqlens, seq_lens, out, Hq, KV, D, scale, pv,
+                   sc);
   }
 }
 

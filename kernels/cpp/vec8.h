@@ -9,6 +9,7 @@
 namespace rsa_cpu {
 
 typedef float f8 __attribute__((vector_size(32)));
+typedef int32_t i8 __attribute__((vector_size(32)));  // its lanes as integers
 
 inline f8 load8(const float* p) {
   f8 x;
@@ -16,12 +17,18 @@ inline f8 load8(const float* p) {
   return x;
 }
 
-inline f8 load8(const uint16_t* p) {  // bfloat16 -> float32 is a 16-bit left shift
+inline float to_float(float x) { return x; }
+
+inline float to_float(uint16_t x) {  // bfloat16 -> float32 is a 16-bit left shift
+  const uint32_t bits = static_cast<uint32_t>(x) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline f8 load8(const uint16_t* p) {
   f8 x;
-  for (int i = 0; i < 8; ++i) {
-    uint32_t bits = static_cast<uint32_t>(p[i]) << 16;
-    std::memcpy(&x[i], &bits, 4);
-  }
+  for (int i = 0; i < 8; ++i) x[i] = to_float(p[i]);
   return x;
 }
 
@@ -30,12 +37,13 @@ inline float hsum(f8 x) { return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]
 #if defined(__clang__)
 #define SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)
 #else
-typedef int i8 __attribute__((vector_size(32)));
 #define SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) __builtin_shuffle(a, b, i8{i0, i1, i2, i3, i4, i5, i6, i7})
 #endif
 
 // lanes [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7]
-inline f8 hadd(f8 a, f8 b) { return SHUFFLE8(a, b, 0, 2, 8, 10, 4, 6, 12, 14) + SHUFFLE8(a, b, 1, 3, 9, 11, 5, 7, 13, 15); }
+inline f8 hadd(f8 a, f8 b) {
+  return SHUFFLE8(a, b, 0, 2, 8, 10, 4, 6, 12, 14) + SHUFFLE8(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+}
 
 // the eight horizontal sums of x[0..7] as one vector: a transpose-add instead of eight hsums
 inline f8 hsum8(const f8* x) {
@@ -52,10 +60,9 @@ inline void store8(float* p, f8 x) { std::memcpy(p, &x, sizeof(x)); }
 // with |r| <= ln2 / 2, a degree-6 Taylor polynomial for e^r, and 2^n built in the exponent bits.
 // About 12 vector instructions, a few times cheaper than libm's vector expf.
 inline f8 exp8(f8 x) {
-  typedef int32_t i8v __attribute__((vector_size(32)));
   x = x < splat(-87.f) ? splat(-87.f) : x;
   x = x > splat(0.f) ? splat(0.f) : x;
-  const i8v n = __builtin_convertvector(x * splat(1.44269504f) - splat(0.5f), i8v);  // round(x / ln2), x <= 0
+  const i8 n = __builtin_convertvector(x * splat(1.44269504f) - splat(0.5f), i8);  // round(x / ln2), x <= 0
   const f8 nf = __builtin_convertvector(n, f8);
   const f8 r = (x - nf * splat(0.693145752f)) - nf * splat(1.42860677e-6f);  // ln2 split in two for precision
   f8 p = splat(1.f / 720);
@@ -65,7 +72,7 @@ inline f8 exp8(f8 x) {
   p = p * r + splat(0.5f);
   p = p * r + splat(1.f);
   p = p * r + splat(1.f);
-  const i8v bits = (n + 127) << 23;
+  const i8 bits = (n + 127) << 23;
   f8 scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;

@@ -467,6 +467,12 @@ def _aggregation_example(problem: str, pool: list[str], rng: random.Random, toke
 # ---------------------------------------------------------------------------------------------
 # The voting aggregator: list the candidates' answers, keep the most frequent one
 # ---------------------------------------------------------------------------------------------
+def _resolve(answers: list[str], resolve_trace: str) -> str:
+    """What the voting aggregators write when no candidate has an answer: the answer list (all
+    `?`), `solve` and a fresh trace (`resolve_trace`, the correct trace in training)."""
+    return f"{THINK_OPEN}\nanswers {' '.join(answers)}\nsolve\n" + resolve_trace.split(f"{THINK_OPEN}\n", 1)[-1]
+
+
 def vote_output(tails: list[str], resolve_trace: str) -> str:
     """The voting aggregator's answer over candidate tails, a deterministic function of them:
     `answers a1 a2 ...` (each candidate's last boxed answer, `?` for none), `pick X` for the
@@ -475,13 +481,12 @@ def vote_output(tails: list[str], resolve_trace: str) -> str:
     The output is short on purpose: sampled at temperature 1.0, every extra token is a chance
     to drift (longer checking outputs lost more accuracy than their checks won)."""
     answers = _answers(tails)
-    head = f"{THINK_OPEN}\nanswers {' '.join(answers)}\n"
     given = [a for a in answers if a != "?"]
     if not given:
-        return head + "solve\n" + resolve_trace.split(f"{THINK_OPEN}\n", 1)[-1]
+        return _resolve(answers, resolve_trace)
     best = max(given.count(a) for a in given)
     choice = next(a for a in given if given.count(a) == best)
-    return f"{head}pick {choice}\n{THINK_CLOSE}\n\n\\boxed{{{choice}}}"
+    return f"{THINK_OPEN}\nanswers {' '.join(answers)}\npick {choice}\n{THINK_CLOSE}\n\n\\boxed{{{choice}}}"
 
 
 def vote_example(problem: str, pool: list[str], rng: random.Random, tokenizer, tail_tokens: int,
@@ -518,11 +523,10 @@ def pair_output(tails: list[str], resolve_trace: str) -> str:
     `solve` and a fresh trace."""
     answers = _answers(tails)
     given = [a for a in answers if a != "?"]
-    if not given or len(tails) < 3:
-        listed = f"{THINK_OPEN}\nanswers {' '.join(answers)}\n"
-        if not given:
-            return listed + "solve\n" + resolve_trace.split(f"{THINK_OPEN}\n", 1)[-1]
-        return f"{listed}{THINK_CLOSE}\n\n\\boxed{{{given[0]}}}"
+    if not given:
+        return _resolve(answers, resolve_trace)
+    if len(tails) < 3:
+        return f"{THINK_OPEN}\nanswers {' '.join(answers)}\n{THINK_CLOSE}\n\n\\boxed{{{given[0]}}}"
     x, y = _result_line(tails[1]), _result_line(tails[2])
     marks = "".join("=" if j < min(len(x), len(y)) and x[j] == y[j] and x != "?" else "x"
                     for j in range(max(len(x), len(y))))

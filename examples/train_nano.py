@@ -42,7 +42,8 @@ examples the model's own first-round traces, so that the solver's distribution (
 can gain from it) stays where it was. Fine-tuned from the checking model with its own rollouts,
 the model copies the result lines but has not learned the marks: after 500 steps, greedy on
 300 training problems' own candidates, the `cmp` line was right in 260, the marks in 122 and the
-verdict in 141; 400 steps more (p_aggregate 0.7, decision weight 5) gave 273, 112 and 147. The first form of it, a bare `same` / `differ` after the answer list, lowered accuracy round by round
+verdict in 141; 400 steps more (p_aggregate 0.7, decision weight 5) gave 273, 112 and 147. The
+first form of it, a bare `same` / `differ` after the answer list, lowered accuracy round by round
 (stage means 51.4 / 50.6 / 49.0 / 47.6 at N 8, K 3, 3 rounds).
 
     python examples/train_nano.py --init-from CKPT --aggregator pair --own-rollouts R --self-distill \
@@ -150,8 +151,8 @@ _DECISION = re.compile(r" (?:ok|no)(?=\n)|pick [^\n]*|match [^\n]*|(?<=\n)(?:sam
 def encode(tok, example, decision_weight: float = 1.0) -> tuple[list[int], list[int], list[float]]:
     """(input ids, labels, loss weights) of one example: chat prompt (masked) + trace +
     end-of-turn. The tokens of an aggregator's decisions (each ` ok` / ` no` of a checking
-    aggregation, the `pick X` line) weigh `decision_weight`: a few decisive tokens among many
-    copied ones."""
+    aggregation, the `pick X` line, the `match` marks and `same` / `differ`) weigh
+    `decision_weight`: a few decisive tokens among many copied ones."""
     prompt = tok.apply_chat_template([{"role": "user", "content": example.prompt}],
                                      add_generation_prompt=True, tokenize=True, return_dict=False)
     enc = tok(example.target, add_special_tokens=False, return_offsets_mapping=True)
@@ -187,9 +188,10 @@ def batches(args, tok, rng: random.Random):
 
 
 def solve_or_pick(problem: str, own: list[dict], rng: random.Random, tok, args):
-    """A solve example, or (probability --p-aggregate) an example of the checking or voting
-    aggregator over the model's own first-round traces of a training problem (half the time,
-    when there are any) or over a synthetic pool of right and slipped traces of `problem`."""
+    """A solve example (with --self-distill and own rollouts, one of the model's own first-round
+    traces), or (probability --p-aggregate) an example of the --aggregator over the model's own
+    first-round traces of a training problem (half the time, when there are any) or over a
+    synthetic pool of right and slipped traces of `problem`."""
     if rng.random() >= args.p_aggregate:
         if args.self_distill and own:  # on-policy: the expected gradient on the solver is zero
             record = rng.choice(own)

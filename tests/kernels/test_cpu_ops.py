@@ -14,6 +14,16 @@ from rsa.kernels import attention_ref, cca_ref, cpu_ops, moe_ref, ops, rmsnorm_r
 needs_kernels = pytest.mark.skipif(cpu_ops.load() is None, reason="no C++ compiler: the CPU kernels cannot build")
 
 
+def _with_threads(n: int, fn):
+    """fn() with torch (and so the kernels) at n threads; the previous count is restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _paged(b: int, hq: int, kv: int, d: int, bs: int, lens: list[int], dtype, seed: int = 0):
     """Random q and a shuffled block pool holding `lens[i]` keys for sequence i."""
     g = torch.Generator().manual_seed(seed)
@@ -45,14 +55,8 @@ def test_decode_kernel_matches_the_twin(hq, kv, d, bs, dtype):
 def test_decode_kernel_uses_threads_without_changing_results():
     lens = list(range(1, 65))
     q, k_cache, v_cache, seq_lens, tables = _paged(64, 8, 2, 32, 16, lens, torch.float32, seed=1)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = cpu_ops._decode_rows(q, k_cache, v_cache, seq_lens, tables, 0.2)
-        torch.set_num_threads(2)
-        two = cpu_ops._decode_rows(q, k_cache, v_cache, seq_lens, tables, 0.2)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = (_with_threads(n, lambda: cpu_ops._decode_rows(q, k_cache, v_cache, seq_lens, tables, 0.2))
+                for n in (1, 2))
     assert torch.equal(one, two)  # each (sequence, head) is one task: the sum order does not change
 
 
@@ -112,14 +116,7 @@ def test_prefill_kernel_matches_the_twin(hq, kv, d, bs, dtype):
 @needs_kernels
 def test_prefill_kernel_results_do_not_depend_on_threads():
     args = _prefill_step(8, 2, 32, 16, [64, 200, 1, 90], [64, 260, 30, 90], torch.float32, seed=3)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = cpu_ops.attention_prefill(*args)
-        torch.set_num_threads(2)
-        two = cpu_ops.attention_prefill(*args)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = (_with_threads(n, lambda: cpu_ops.attention_prefill(*args)) for n in (1, 2))
     assert torch.equal(one, two)  # each (sequence, head, query block) is one task
 
 
@@ -250,12 +247,7 @@ def test_moe_kernel_matches_the_twin(t, e, h, i):
     ours = cpu_ops.moe_experts(hidden, ids, gate, gate_up, down)
     torch.testing.assert_close(ours, moe_ref.moe_experts(hidden, ids, gate, gate_up, down), atol=1e-5, rtol=1e-5)
     assert torch.all(ours[0] == 0)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        two = cpu_ops.moe_experts(hidden, ids, gate, gate_up, down)
-    finally:
-        torch.set_num_threads(threads)
+    two = _with_threads(2, lambda: cpu_ops.moe_experts(hidden, ids, gate, gate_up, down))
     # each expert runs whole on one thread, so the kernel's result does not depend on the thread
     # count; the 40-token case runs the twin, whose BLAS may split sums by thread: to rounding
     torch.testing.assert_close(ours, two, atol=1e-6, rtol=1e-6)

@@ -30,6 +30,9 @@ candidates' answers (`answers 5458 5358 5458 5458`), then solves the problem aga
 (`train_nano.py --aggregator pick`): check each candidate's visible lines, keep the plurality of
 the candidates that pass, solve again only when none does. `vote_output` / `vote_example` build
 those of the voting aggregator (`--aggregator vote`): list the answers, keep the most frequent.
+`column_output` / `column_example` build those of the column aggregator (`--aggregator column`):
+copy the K candidates' result lines and take the majority of each digit column, the way the
+scratchpad adds.
 
 Not covered: anything beyond this task family; the model is a demonstration, not a
 calculator.
@@ -58,12 +61,15 @@ __all__ = [
     "Example",
     "aggregate_target",
     "build_tokenizer",
+    "column_example",
+    "column_output",
     "cut_tail",
     "make_example",
     "own_example",
     "parse_problem",
     "pick_example",
     "pick_output",
+    "result_line_width",
     "visible_slip",
     "vote_example",
     "vote_output",
@@ -505,6 +511,11 @@ def vote_example(problem: str, pool: list[str], rng: random.Random, tokenizer, t
 _RESULT_LINE = re.compile(r"^=(-?\d+)$", re.M)  # the scratchpad's zero-padded result, e.g. `=01239`
 
 
+def result_line_width(problem: str) -> int:
+    """Digits in the scratchpad's zero-padded result line for `problem` (a sign not counted)."""
+    return len(_result_line(solve_trace(problem)).lstrip("-"))
+
+
 def _result_line(tail: str) -> str:
     """A tail's last scratchpad result line without its `=` (fixed width for a problem's form), `?` for none."""
     found = _RESULT_LINE.findall(tail)
@@ -574,3 +585,61 @@ def tokenizer_corpus(problems: list[str], rng: random.Random, n: int) -> list[st
 
 def write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The column aggregator: a majority vote per digit of the candidates' result lines
+# ---------------------------------------------------------------------------------------------
+def _column_chars(entries: list[str], j: int) -> list[str]:
+    """Column j (1 = last character) of the candidates' result lines, right-aligned: the
+    character, `_` where a line is shorter, `?` for a candidate without a result line."""
+    return ["?" if e == "?" else e[-j] if j <= len(e) else "_" for e in entries]
+
+
+def _majority(chars: list[str]) -> str:
+    """The most frequent character other than `?` (the earliest wins a tie)."""
+    given = [c for c in chars if c != "?"]
+    best = max(given.count(c) for c in given)
+    return next(c for c in given if given.count(c) == best)
+
+
+def _boxed_of_result(result: str) -> str:
+    """The answer a scratchpad result line (without `=`) stands for: sign, no leading zeros."""
+    digits = "".join(c for c in result if c.isdigit()).lstrip("0") or "0"
+    return f"-{digits}" if result.startswith("-") and digits != "0" else digits
+
+
+def column_output(tails: list[str], resolve_trace: str) -> str:
+    """The column aggregator's answer, a deterministic function of the tails. It votes digit by
+    digit, the way the scratchpad adds: `vote X1 X2 X3` copies each candidate's result line
+    (`=05458` -> `05458`; `?` when a tail has none), then one line per column from the right,
+    `a b c=m`, the column's characters and their majority (the earliest wins a tie; `_` where a
+    line is shorter, so a sign is a column too), then the result line `=...` of the majorities and
+    `\\boxed{...}` of it. Each step is local: a column line reads one character of each number in
+    the line above, like the solver's column lines, and the majority of a few tokens is a sum of
+    their embeddings, no comparison needed. Where candidates slipped on different digits, the
+    vote recovers the right answer even if every candidate is wrong. When no tail has a result
+    line, `solve` and a fresh trace (`resolve_trace`, the correct trace in training)."""
+    entries = [_result_line(t) for t in tails]
+    if all(e == "?" for e in entries):
+        return _resolve(_answers(tails), resolve_trace)
+    width = max(len(e) for e in entries if e != "?")
+    lines, result = [], []
+    for j in range(1, width + 1):
+        chars = _column_chars(entries, j)
+        m = _majority(chars)
+        lines.append(f"{' '.join(chars)}={m}")
+        if m != "_":
+            result.append(m)
+    line = "".join(reversed(result))
+    return (f"{THINK_OPEN}\nvote {' '.join(entries)}\n" + "\n".join(lines) + f"\n={line}\n{THINK_CLOSE}\n\n"
+            f"\\boxed{{{_boxed_of_result(line)}}}")
+
+
+def column_example(problem: str, pool: list[str], rng: random.Random, tokenizer, tail_tokens: int, k: int = 3,
+                   p_second_round: float = 0.5) -> Example:
+    """An aggregation example for the column aggregator: K candidates drawn from `pool`
+    (first-round traces) or, with probability `p_second_round`, from the aggregator's own
+    outputs over random subsets of K."""
+    return _aggregation_example(problem, pool, rng, tokenizer, tail_tokens, k, p_second_round, column_output,
+                                subset=k)

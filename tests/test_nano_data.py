@@ -113,6 +113,56 @@ def test_pair_output_is_the_plurality_of_three_by_one_comparison(tokenizer):
         assert extract_answer(out(names)) == best, names
 
 
+def test_column_output_votes_each_digit_of_the_result_lines(tokenizer):
+    problem = "What is 1024 - 89?"
+    right = nano_data.solve_trace(problem)
+    tail = {"r": nano_data.cut_tail(tokenizer, right, 40), "?": "no answer here"}
+
+    def slipped(result: str) -> str:  # the same tail with another result line and box
+        answer = str(int(result))
+        return tail["r"].replace("=0935", f"={result}").replace("{935}", "{" + answer + "}")
+
+    tail["h"], tail["t"], tail["n"] = slipped("0135"), slipped("0915"), slipped("-0935")
+
+    def out(names: str) -> str:
+        return nano_data.column_output([tail[n] for n in names], resolve_trace=right)
+
+    assert out("hrt") == ("<think>\nvote 0135 0935 0915\n5 5 5=5\n3 3 1=3\n1 9 9=9\n0 0 0=0\n=0935\n"
+                          "</think>\n\n\\boxed{935}")
+    assert extract_answer(out("ht")) == "135"  # a tie: the earliest
+    assert extract_answer(out("hth")) == "135"  # two agreeing slips win, as in any vote
+    # every candidate wrong, on different digits: the vote per digit still finds the answer
+    assert extract_answer(out("htr")) == extract_answer(out("hrt")) == "935"
+    # a sign is a column of its own; a shorter line has `_` there
+    assert out("nrn").split("\n")[6:9] == ["- _ -=-", "=-0935", "</think>"] and extract_answer(out("nrn")) == "-935"
+    assert "- _ _=_" in out("nrr") and extract_answer(out("nrr")) == "935"
+    # a candidate without a result line is `?` in every column and never outvotes one with
+    assert out("?h").split("\n")[1:3] == ["vote ? 0135", "? 5=5"] and extract_answer(out("??h")) == "135"
+    resolved = out("???")
+    assert resolved.startswith("<think>\nanswers ? ? ?\nsolve\n") and extract_answer(resolved) == "935"
+
+
+def test_column_examples_agree_with_a_strict_majority_of_the_candidates_shown(tokenizer):
+    """column_example on first- and second-round candidates (K 3 and 5): the prompt shows K
+    candidates, and when more than half of them share an answer the target boxes it (the digit vote
+    only decides differently where no answer has a majority)."""
+    rng = random.Random(2)
+    checked = 0
+    for problem in ("What is 345 * 78?", "What is 120 - 4567?", "What is 9 + 99 + 999?"):
+        pool = nano_data.synthetic_pool(problem, rng)
+        for k in (3, 5):
+            for second_round in (0.0, 1.0):
+                example = nano_data.column_example(problem, pool, rng, tokenizer, 40, k=k, p_second_round=second_round)
+                tails = re.findall(r"--- Candidate \d+ ---\n(.*?)\n--- End of candidate", example.prompt, re.S)
+                answers = [extract_answer(t) for t in tails]
+                assert example.kind == "aggregate" and len(tails) == k
+                top = max(answers, key=answers.count)
+                if answers.count(top) * 2 > k:
+                    assert extract_answer(example.target) == top
+                    checked += 1
+    assert checked >= 6
+
+
 @pytest.mark.parametrize("aggregator,k", [("vote", None), ("pair", 3)])
 def test_aggregation_examples_box_the_plurality_of_the_candidates_shown(tokenizer, aggregator, k):
     """vote_example and pair_example, on first-round and second-round candidates: the target boxes
@@ -131,7 +181,8 @@ def test_aggregation_examples_box_the_plurality_of_the_candidates_shown(tokenize
         assert extract_answer(example.target) == best
 
 
-@pytest.mark.parametrize("aggregator,own", [("resolve", False), ("pick", False), ("vote", False), ("pair", True)])
+@pytest.mark.parametrize("aggregator,own", [("resolve", False), ("pick", False), ("vote", False), ("pair", True),
+                                            ("column", True)])
 def test_train_nano_tiny_run_writes_a_loadable_checkpoint(tmp_path, aggregator, own):
     """`examples/train_nano.py --tiny` (a few steps of a smaller model) for each aggregation
     target (`pair` also with own rollouts as candidates and, --self-distill, as solve targets):
@@ -157,3 +208,40 @@ def test_train_nano_tiny_run_writes_a_loadable_checkpoint(tmp_path, aggregator, 
     log = json.loads((out / "train_log.json").read_text())
     assert log["steps_done"] == 6 and all(r["loss"] == r["loss"] for r in log["curve"])  # finite, not NaN
     assert ZayaForCausalLM.from_pretrained(out).config.model_type == "zaya"
+
+
+def test_vote_ceiling_digit_vote_recovers_an_answer_no_candidate_has():
+    import vote_ceiling
+
+    assert vote_ceiling.padded("935", 4) == "0935" and vote_ceiling.padded("-266", 4) == "-0266"
+    assert vote_ceiling.padded(None, 4) is None and vote_ceiling.unpadded("-0000") == "0"
+    # each candidate slipped on a different digit: the columns still vote 0935
+    lines = ["0945", "0835", "0936"]
+    assert vote_ceiling.digit_vote(lines) == "0935" and vote_ceiling.plurality(lines) == "0945"
+    assert vote_ceiling.digit_vote(["-0266", "0256", "-0266"]) == "-0266"
+    assert vote_ceiling.digit_vote([None, None]) is None
+    assert nano_data.result_line_width("What is 12 + 7?") == 5
+    assert nano_data.result_line_width("What is 12 - 345?") == 4
+
+
+def test_vote_ceiling_replays_rounds_on_an_eval_report(tmp_path, capsys):
+    import json
+
+    from rsa.problems.synthetic import make
+
+    import vote_ceiling
+
+    problems = make("arith", 3, 11)
+    # problem 0: 5 of 8 right, voting can only help; problem 1: none right; problem 2: all right
+    rows = [dict(id=p.id, gold=p.answer, stages=[dict(answers=answers)]) for p, answers in zip(problems, [
+        [problems[0].answer] * 5 + ["1", "2", None], ["7"] * 8, [problems[2].answer] * 8])]
+    report = dict(n=3, seed=11, rows=rows)
+    means = vote_ceiling.replay(report, vote_ceiling.plurality, 3, 3, random.Random(0))
+    assert means[0] == pytest.approx((5 / 8 + 0 + 1) / 3)
+    assert means[-1] > means[0]
+    assert means[-1] <= 2 / 3 + 1e-9  # problem 1 stays wrong whatever the voter
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    vote_ceiling.main([str(path), "--k", "3", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert "| plurality | 3 |" in out and "| digit | 3 |" in out

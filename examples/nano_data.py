@@ -60,10 +60,13 @@ __all__ = [
     "SPECIAL_TOKENS",
     "Example",
     "aggregate_target",
+    "answer_of_result_line",
     "build_tokenizer",
     "column_example",
     "column_output",
+    "column_votes",
     "cut_tail",
+    "majority",
     "make_example",
     "own_example",
     "parse_problem",
@@ -596,14 +599,23 @@ def _column_chars(entries: list[str], j: int) -> list[str]:
     return ["?" if e == "?" else e[-j] if j <= len(e) else "_" for e in entries]
 
 
-def _majority(chars: list[str]) -> str:
-    """The most frequent character other than `?` (the earliest wins a tie)."""
-    given = [c for c in chars if c != "?"]
+def majority(items: list[str]) -> str:
+    """The most frequent item other than `?` (the earliest wins a tie); `?` when all are."""
+    given = [c for c in items if c != "?"]
+    if not given:
+        return "?"
     best = max(given.count(c) for c in given)
     return next(c for c in given if given.count(c) == best)
 
 
-def _boxed_of_result(result: str) -> str:
+def column_votes(entries: list[str]) -> list[tuple[list[str], str]]:
+    """The per-digit vote over result lines (`?` for a candidate without one): for each column
+    from the right, its characters (`_` where a line is shorter) and their majority."""
+    width = max((len(e) for e in entries if e != "?"), default=0)
+    return [(chars, majority(chars)) for chars in (_column_chars(entries, j) for j in range(1, width + 1))]
+
+
+def answer_of_result_line(result: str) -> str:
     """The answer a scratchpad result line (without `=`) stands for: sign, no leading zeros."""
     digits = "".join(c for c in result if c.isdigit()).lstrip("0") or "0"
     return f"-{digits}" if result.startswith("-") and digits != "0" else digits
@@ -623,17 +635,11 @@ def column_output(tails: list[str], resolve_trace: str) -> str:
     entries = [_result_line(t) for t in tails]
     if all(e == "?" for e in entries):
         return _resolve(_answers(tails), resolve_trace)
-    width = max(len(e) for e in entries if e != "?")
-    lines, result = [], []
-    for j in range(1, width + 1):
-        chars = _column_chars(entries, j)
-        m = _majority(chars)
-        lines.append(f"{' '.join(chars)}={m}")
-        if m != "_":
-            result.append(m)
-    line = "".join(reversed(result))
+    votes = column_votes(entries)
+    lines = [f"{' '.join(chars)}={m}" for chars, m in votes]
+    line = "".join(m for _, m in reversed(votes) if m != "_")
     return (f"{THINK_OPEN}\nvote {' '.join(entries)}\n" + "\n".join(lines) + f"\n={line}\n{THINK_CLOSE}\n\n"
-            f"\\boxed{{{_boxed_of_result(line)}}}")
+            f"\\boxed{{{answer_of_result_line(line)}}}")
 
 
 def column_example(problem: str, pool: list[str], rng: random.Random, tokenizer, tail_tokens: int, k: int = 3,

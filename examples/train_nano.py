@@ -83,6 +83,7 @@ import random
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -221,9 +222,8 @@ def solve_or_pick(problem: str, own: list[dict], rng: random.Random, tok, args):
             return Example(render_solve(SOLVE_TEMPLATE, record["problem"]), rng.choice(record["stages"][0])["trace"],
                            "solve")
         return make_example(problem, rng, tok, args.tail_tokens, 0.0)
-    example = {"vote": vote_example, "pair": pair_example, "pick": pick_example}.get(args.aggregator)
-    if args.aggregator == "column":
-        example = lambda *a: column_example(*a, k=args.k)  # noqa: E731
+    example = {"vote": vote_example, "pair": pair_example, "pick": pick_example,
+               "column": partial(column_example, k=args.k)}[args.aggregator]
     if own and rng.random() < 0.5:
         record = rng.choice(own)
         traces = [c["trace"] for stage in record["stages"] for c in stage]

@@ -26,53 +26,31 @@ import argparse
 import json
 import random
 import sys
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nano_data import result_line_width  # noqa: E402
+from nano_data import answer_of_result_line, column_votes, majority, result_line_width  # noqa: E402
 
 from rsa.problems.synthetic import make  # noqa: E402
 
 
-def padded(answer: str | None, width: int) -> str | None:
+def padded(answer: str | None, width: int) -> str:
     """`answer` as the scratchpad writes its result line: zero-padded digits, `-` before them
-    when negative (one column more than the digits)."""
+    when negative (one column more than the digits); `?` for no answer."""
     if answer is None or not answer.lstrip("-").isdigit():
-        return None
+        return "?"
     digits = answer.lstrip("-").zfill(width)
     return f"-{digits}" if answer.startswith("-") else digits
 
 
-def unpadded(line: str | None) -> str | None:
-    if line is None:
-        return None
-    digits = line.lstrip("-").lstrip("0") or "0"
-    return f"-{digits}" if line.startswith("-") and digits != "0" else digits
+def digit_vote(lines: list[str]) -> str:
+    """The result line of the per-digit majorities (`?` when no line is given)."""
+    if all(x == "?" for x in lines):
+        return "?"
+    return "".join(m for _, m in reversed(column_votes(lines)) if m != "_")
 
 
-def plurality(lines: list[str | None]) -> str | None:
-    given = [x for x in lines if x is not None]
-    if not given:
-        return None
-    counts = Counter(given)
-    best = max(counts.values())
-    return next(x for x in given if counts[x] == best)
-
-
-def digit_vote(lines: list[str | None]) -> str | None:
-    given = [x for x in lines if x is not None]
-    if not given:
-        return None
-    width = max(map(len, given))
-    columns = []
-    for j in range(1, width + 1):
-        chars = [x[-j] if j <= len(x) else "_" for x in given]
-        columns.append(plurality(chars))
-    return "".join(reversed(columns)).replace("_", "")
-
-
-VOTERS = {"plurality": plurality, "digit": digit_vote}
+VOTERS = {"plurality": majority, "digit": digit_vote}
 
 
 def replay(report: dict, voter, k: int, rounds: int, rng: random.Random) -> list[float]:
@@ -83,7 +61,7 @@ def replay(report: dict, voter, k: int, rounds: int, rng: random.Random) -> list
         width = result_line_width(problems[row["id"]].problem)
         population = [padded(a, width) for a in row["stages"][0]["answers"]]
         for t in range(rounds + 1):
-            means[t] += sum(unpadded(x) == row["gold"] for x in population) / len(population)
+            means[t] += sum(x != "?" and answer_of_result_line(x) == row["gold"] for x in population) / len(population)
             population = [voter(rng.sample(population, k)) for _ in population]
     return [m / len(report["rows"]) for m in means]
 
